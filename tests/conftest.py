@@ -1,0 +1,30 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def tiny_tok():
+    from alignkit.models.tiny import tiny_tokenizer
+    return tiny_tokenizer("chatml")
+
+
+@pytest.fixture
+def tiny_lm(tiny_tok):
+    from alignkit.models.tiny import tiny_model
+    return tiny_model(tiny_tok)
+
+
+@pytest.fixture
+def shared_data():
+    path = os.path.abspath(SHARED_DATA)
+    if not os.path.isdir(path):
+        pytest.skip("../shared/data is not present")
+    return path
