@@ -1,0 +1,47 @@
+"""Score a response file: python -m alignkit.evaluation.ifeval PROMPTS RESPONSES [--out result.json]."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from alignkit.evaluation.ifeval.data import IFEvalFormatError, load_ifeval_prompts, read_responses
+from alignkit.evaluation.ifeval.scoring import IFEvalResult, score_ifeval
+
+
+def _summary(result: IFEvalResult) -> str:
+    lines = [
+        f"prompt-level      strict {result.prompt_level_strict:.4f}   loose {result.prompt_level_loose:.4f}"
+        f"   ({result.prompts.total} prompts)",
+        f"instruction-level strict {result.instruction_level_strict:.4f}   loose {result.instruction_level_loose:.4f}"
+        f"   ({result.instructions.total} instructions)",
+    ]
+    for name, tally in result.per_instruction.items():
+        lines.append(f"  {name:<48} {tally.accuracy_strict:.3f} {tally.accuracy_loose:.3f}  n={tally.total}")
+    if result.missing:
+        lines.append(f"WARNING: {len(result.missing)} prompts had no response and count as failed")
+    if result.unmatched_responses:
+        lines.append(f"WARNING: {len(result.unmatched_responses)} responses match no prompt and were not scored")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m alignkit.evaluation.ifeval", description=__doc__)
+    parser.add_argument("prompts", help="IFEval input_data.jsonl")
+    parser.add_argument("responses", help='JSONL of {"prompt": ..., "response": ...}')
+    parser.add_argument("--out", help="write every number (and per-prompt verdicts) here as JSON")
+    args = parser.parse_args(argv)
+    try:
+        result = score_ifeval(load_ifeval_prompts(args.prompts), read_responses(args.responses))
+    except (IFEvalFormatError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(_summary(result))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump(result.to_dict(), handle, indent=2, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

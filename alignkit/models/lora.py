@@ -1,0 +1,55 @@
+"""LoRA adapters through peft: automatic target modules, merging, saving in the Hugging Face format."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)  # empty: every linear layer but the output head
+
+
+def find_target_modules(model) -> list[str]:
+    """Names (last path component) of the linear layers inside the transformer blocks."""
+    out_emb = model.get_output_embeddings()
+    names = set()
+    for full_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not out_emb:
+            names.add(full_name.rsplit(".", 1)[-1])
+    if not names:
+        raise ValueError("no linear layers found to put LoRA adapters on")
+    return sorted(names)
+
+
+def apply_lora(model, cfg: LoraConfig):
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    targets = cfg.target_modules or find_target_modules(model)
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def merge_lora(model):
+    """The base model with adapters folded into its weights (a plain transformers model)."""
+    return model.merge_and_unload() if is_peft(model) else model
+
+
+def save_model(model, tokenizer, out_dir: str, *, merge: bool = True) -> None:
+    """Save in the Hugging Face layout (safetensors) that transformers and vLLM load back.
+
+    With an adapter and merge=False only the adapter is written (peft's layout)."""
+    target = merge_lora(model) if merge else model
+    target.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

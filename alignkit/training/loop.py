@@ -1,0 +1,230 @@
+"""The one training loop. Every objective (SFT, DPO, reward models, RL) plugs in as an `Objective`.
+
+An objective turns a list of examples into a batch (`collate`) and a batch into a *summed* loss
+over its units (target tokens for SFT, pairs for DPO) plus summed metrics. The loop gathers the
+micro-batches of one optimizer step first, counts their units (across processes too), and divides
+every micro-batch loss by that total, so gradient accumulation and data parallelism equal one big
+batch exactly.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from alignkit.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from alignkit.training.config import TrainConfig
+from alignkit.training.schedule import make_scheduler
+from alignkit.training.tracking import MetricsLogger
+
+
+class Objective(Protocol):
+    def collate(self, examples: Sequence) -> dict:
+        """A batch dict holding at least `num_units` and `num_tokens` (non-pad tokens)."""
+        ...
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss summed over the batch's units, metrics summed over units)."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    eval_history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(x: float) -> float:
+    if _world()[1] == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+class MicroBatches:
+    """A deterministic, resumable stream of micro-batches: epoch e visits examples in the order of a
+    permutation seeded by (seed, e); each process takes every world-th micro-batch."""
+
+    def __init__(self, examples: Sequence, batch_size: int, seed: int, *, shuffle: bool = True):
+        if not examples:
+            raise ValueError("no training examples")
+        self.examples, self.batch_size, self.seed, self.shuffle = examples, batch_size, seed, shuffle
+        rank, world = _world()
+        self.rank, self.world = rank, world
+        per_epoch = math.ceil(len(examples) / batch_size)
+        self.per_epoch = max(1, per_epoch // world)  # micro-batches each process sees per epoch
+
+    def get(self, index: int) -> list:
+        epoch, i = divmod(index, self.per_epoch)
+        n = len(self.examples)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = list(range(n))
+        start = (i * self.world + self.rank) * self.batch_size
+        return [self.examples[j] for j in order[start:start + self.batch_size]]
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    raise ValueError(f"precision must be bf16 or fp32, not {precision!r}")
+
+
+def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfig, *,
+          eval_examples: Sequence = (), config_dict: dict | None = None,
+          on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train `model` in place; returns the logged history."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world = _world()
+    seed_everything(cfg.seed)
+    device = next(model.parameters()).device
+    stream = MicroBatches(train_examples, cfg.batch_size, cfg.seed)
+    steps_per_epoch = math.ceil(stream.per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+    scheduler = make_scheduler(optimizer, total=total_steps, warmup=warmup, kind=cfg.schedule,
+                               min_ratio=cfg.min_lr_ratio)
+
+    step, micro_index, tokens_done = 0, 0, 0
+    checkpoint = _resume_point(cfg)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        step, micro_index, tokens_done = state["step"], state["micro_index"], state["tokens"]
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+
+    logger = MetricsLogger(cfg.output_dir, cfg.report_to, config_dict, enabled=rank == 0)
+    result = TrainResult(steps=step, tokens=tokens_done)
+    bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or rank != 0,
+               desc="train", unit="step", dynamic_ncols=True)
+    start_time = time.perf_counter()
+    window_tokens, window_start = 0, time.perf_counter()
+    model.train()
+    try:
+        while step < total_steps:
+            micro = [objective.collate(stream.get(micro_index + k)) for k in range(cfg.grad_accum)]
+            units = _all_sum(sum(b["num_units"] for b in micro))
+            sums: dict[str, float] = {}
+            step_tokens = 0
+            for k, batch in enumerate(micro):
+                sync_now = k == len(micro) - 1 or world == 1
+                ctx = train_model.no_sync() if not sync_now else nullcontext()
+                with ctx, _autocast(cfg.precision, device):
+                    loss_sum, metrics = objective.loss(train_model, batch)
+                # DDP averages gradients over processes; scaling by world undoes that so the
+                # result is sum / global units.
+                (loss_sum * world / max(units, 1)).backward()
+                for key, value in {"loss": float(loss_sum.detach()), **metrics}.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                step_tokens += int(batch["num_tokens"])
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0
+                         else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            micro_index += cfg.grad_accum
+            step_tokens = int(_all_sum(step_tokens))
+            tokens_done += step_tokens
+            window_tokens += step_tokens
+
+            record = {k: _all_sum(v) / max(units, 1) for k, v in sums.items()}
+            now = time.perf_counter()
+            record.update(step=step, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                          units=units, tokens=tokens_done, epoch=micro_index / stream.per_epoch,
+                          tokens_per_s=window_tokens / max(now - window_start, 1e-9))
+            result.history.append(record)
+            if step % cfg.log_every == 0 or step == total_steps:
+                logger.log(record)
+                window_tokens, window_start = 0, now
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+
+            if eval_examples and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
+                ev = evaluate(train_model, objective, eval_examples, cfg, device)
+                ev["step"] = step
+                result.eval_history.append(ev)
+                logger.log(ev)
+                model.train()
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and rank == 0:
+                save_checkpoint(cfg.output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                                state={"micro_index": micro_index, "tokens": tokens_done},
+                                keep=cfg.save_total_limit)
+            if on_step:
+                on_step(step, record)
+    finally:
+        bar.close()
+        logger.close()
+    model.eval()
+    result.steps, result.tokens = step, tokens_done
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+@torch.no_grad()
+def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig, device) -> dict:
+    """Held-out metrics: every summed quantity divided by the total units."""
+    model.eval()
+    sums: dict[str, float] = {}
+    units = 0.0
+    rank, world = _world()
+    for start in range(rank * cfg.batch_size, len(examples), cfg.batch_size * world):
+        batch = objective.collate(examples[start:start + cfg.batch_size])
+        with _autocast(cfg.precision, device):
+            loss_sum, metrics = objective.loss(model, batch)
+        units += batch["num_units"]
+        for key, value in {"loss": float(loss_sum), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    units = _all_sum(units)
+    return {f"eval_{k}": _all_sum(v) / max(units, 1) for k, v in sums.items()}
+
+
+def _resume_point(cfg: TrainConfig):
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        found = list_checkpoints(cfg.output_dir)
+        return found[-1] if found else None
+    if not os.path.isdir(cfg.resume):
+        raise FileNotFoundError(f"resume checkpoint not found: {cfg.resume}")
+    return cfg.resume
+

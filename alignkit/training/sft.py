@@ -1,0 +1,127 @@
+"""Supervised fine-tuning: the objective and the run that ties data, model and loop together."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Sequence
+
+import torch
+
+from alignkit.config import save_config, to_dict
+from alignkit.data.formats import load_conversations
+from alignkit.data.mixing import load_mix
+from alignkit.data.packing import pack, target_positions
+from alignkit.data.readers import DataSpec
+from alignkit.data.sft import SFTExample, build_sft_examples
+from alignkit.models.config import ModelConfig
+from alignkit.training.config import TrainConfig
+from alignkit.training.forward import packed_logits
+from alignkit.training.losses import token_nll_sum
+from alignkit.training.loop import TrainResult, train
+
+
+@dataclass
+class SFTDataConfig:
+    train: list[DataSpec] = field(default_factory=list)
+    eval: list[DataSpec] = field(default_factory=list)
+    eval_fraction: float = 0.0  # held out from train when no eval set is given
+    max_length: int = 1024
+    overlong: str = "truncate"  # truncate | drop
+    train_on: str = "all_assistant"  # all_assistant | last_assistant
+    skip_bad: bool = False
+    mix_total: int = 0  # size of the weighted mix; 0: largest without repeating any dataset
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    merge_lora: bool = True  # with LoRA, also write the merged model to final/
+
+
+class SFTObjective:
+    """Next-token NLL on target tokens; logits are computed only at positions with a target."""
+
+    def collate(self, examples: Sequence[SFTExample]) -> dict:
+        batch = pack([(e.input_ids, e.labels) for e in examples])
+        batch["num_units"] = batch["num_targets"]
+        return batch
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        keep = target_positions(batch["targets"])
+        loss = token_nll_sum(packed_logits(model, batch, keep), batch["targets"][0, keep])
+        return loss, {}
+
+
+def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
+    """(train examples, eval examples, report dict) following the config's policies."""
+    if not cfg.train:
+        raise ValueError("data.train lists no dataset")
+    load = partial(load_conversations, skip_bad=cfg.skip_bad)
+    convs, skips, mix = load_mix(cfg.train, load, seed=seed, total=cfg.mix_total or None)
+    build = partial(build_sft_examples, tokenizer=tokenizer, max_length=cfg.max_length, overlong=cfg.overlong,
+                    train_on=cfg.train_on, skip_bad=cfg.skip_bad, report=skips)
+    train_examples, lengths = build(convs)
+    eval_examples: list[SFTExample] = []
+    if cfg.eval:
+        eval_convs, eval_skips = load_conversations(cfg.eval, skip_bad=cfg.skip_bad)
+        skips.merge(eval_skips)
+        eval_examples, _ = build(eval_convs)
+    elif cfg.eval_fraction > 0:
+        rng = random.Random(seed)
+        order = list(range(len(train_examples)))
+        rng.shuffle(order)
+        n_eval = max(1, int(len(order) * cfg.eval_fraction))
+        held = set(order[:n_eval])
+        eval_examples = [train_examples[i] for i in sorted(held)]
+        train_examples = [e for i, e in enumerate(train_examples) if i not in held]
+    if not train_examples:
+        raise ValueError("no training example left after filtering: " + lengths.summary())
+    report = {"records": skips.to_dict(), "length": lengths.to_dict(), "mix": mix.to_dict(),
+              "train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+    return train_examples, eval_examples, report, skips, lengths
+
+
+def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
+    """Load model and data, train, save the final model in the Hugging Face layout under output_dir/final."""
+    from alignkit.models.loading import load_model
+    from alignkit.models.lora import apply_lora, save_model
+
+    out = cfg.train.output_dir
+    os.makedirs(out, exist_ok=True)
+    save_config(cfg, os.path.join(out, "config.yaml"))
+    if model is None:
+        model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    train_examples, eval_examples, report, skips, lengths = load_sft_data(cfg.data, tokenizer, seed=cfg.train.seed)
+    print(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples; {skips.summary()}; "
+          f"{lengths.summary()}", flush=True)
+    with open(os.path.join(out, "data_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    result = train(model, SFTObjective(), train_examples, cfg.train, eval_examples=eval_examples,
+                   config_dict=to_dict(cfg), on_step=on_step)
+    final = os.path.join(out, "final")
+    tmp = final + ".tmp"
+    if cfg.model.lora.enabled:
+        model.save_pretrained(os.path.join(tmp, "adapter"))
+    save_model(model, tokenizer, tmp, merge=cfg.merge_lora or not cfg.model.lora.enabled)
+    _replace_dir(tmp, final)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
+                   "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+                   "final_loss": result.history[-1]["loss"] if result.history else None,
+                   "eval": result.eval_history[-1] if result.eval_history else None}, f, indent=2)
+    return result
+
+
+def _replace_dir(tmp: str, final: str) -> None:
+    import shutil
+
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)

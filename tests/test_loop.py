@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from alignkit.data.chat import tokenize_conversation
+from alignkit.data.sft import SFTExample
+from alignkit.models.tiny import tiny_model, tiny_tokenizer
+from alignkit.training.config import TrainConfig
+from alignkit.training.loop import train
+from alignkit.training.sft import SFTObjective
+
+WORDS = "the quick brown fox jumps over the lazy dog numbers one two three paris france".split()
+
+
+def make_examples(tok, n=12):
+    out = []
+    for i in range(n):
+        answer = " ".join(WORDS[(i + k) % len(WORDS)] for k in range(2 + i % 5))  # varied lengths
+        t = tokenize_conversation(tok, [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": answer}])
+        out.append(SFTExample(t.input_ids, t.labels))
+    return out
+
+
+def cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), lr=1e-3, batch_size=2, grad_accum=1, max_steps=3, warmup_steps=1,
+                precision="fp32", progress=False, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    tok = tiny_tokenizer()
+    data = make_examples(tok)
+    big_model, small_model = tiny_model(tok), tiny_model(tok)
+    big = train(big_model, SFTObjective(), data, cfg(tmp_path / "a", batch_size=4, grad_accum=1, max_steps=2))
+    small = train(small_model, SFTObjective(), data, cfg(tmp_path / "b", batch_size=2, grad_accum=2, max_steps=2))
+    for a, b in zip(big.history, small.history):
+        assert a["units"] == b["units"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    for (n, p), (_, q) in zip(big_model.named_parameters(), small_model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_loss_is_normalised_by_tokens_of_the_whole_step(tmp_path):
+    """A micro-batch with many targets must weigh more than one with few (not a mean of means)."""
+    tok = tiny_tokenizer()
+    data = make_examples(tok, 4)
+    result = train(tiny_model(tok), SFTObjective(), data,
+                   cfg(tmp_path, batch_size=1, grad_accum=4, max_steps=1, lr=0.0, warmup_steps=0))
+    obj = SFTObjective()
+    model = tiny_model(tok)
+    sums, units = 0.0, 0
+    with torch.no_grad():
+        for ex in data:
+            b = obj.collate([ex])
+            loss, _ = obj.loss(model, b)
+            sums += float(loss)
+            units += b["num_units"]
+    assert result.history[0]["loss"] == pytest.approx(sums / units, rel=1e-5)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_interrupted_and_resumed_run_logs_the_same_losses(tmp_path):
+    tok = tiny_tokenizer()
+    data = make_examples(tok, 10)
+    full = train(tiny_model(tok), SFTObjective(), data, cfg(tmp_path / "full", max_steps=8, save_every=3))
+
+    def crash_at_5(step, record):
+        if step == 5:
+            raise Crash()
+
+    run_dir = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        train(tiny_model(tok), SFTObjective(), data, cfg(run_dir, max_steps=8, save_every=3), on_step=crash_at_5)
+    # a restarted process builds the model afresh; the checkpoint at step 3 brings it back
+    resumed = train(tiny_model(tok), SFTObjective(), data, cfg(run_dir, max_steps=8, save_every=3))
+    assert [r["step"] for r in resumed.history] == [4, 5, 6, 7, 8]
+    expected = {r["step"]: r for r in full.history}
+    for r in resumed.history:
+        assert r["loss"] == pytest.approx(expected[r["step"]]["loss"], rel=1e-6), r["step"]
+        assert r["lr"] == pytest.approx(expected[r["step"]]["lr"])
+    logged = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]
+
+
+def test_checkpoints_are_pruned_and_complete(tmp_path):
+    tok = tiny_tokenizer()
+    train(tiny_model(tok), SFTObjective(), make_examples(tok, 6), cfg(tmp_path, max_steps=7, save_every=2, save_total_limit=2))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-0000004", "step-0000006"]
+    for name in names:
+        files = {p.name for p in (tmp_path / "checkpoints" / name).iterdir()}
+        assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= files
+
+
+def test_training_reduces_loss_and_evaluates(tmp_path):
+    tok = tiny_tokenizer()
+    data = make_examples(tok, 8)
+    result = train(tiny_model(tok), SFTObjective(), data, cfg(tmp_path, max_steps=30, lr=3e-3, eval_every=10),
+                   eval_examples=data[:4])
+    assert result.history[-1]["loss"] < 0.7 * result.history[0]["loss"]
+    assert [e["step"] for e in result.eval_history] == [10, 20, 30]
+    assert result.eval_history[-1]["eval_loss"] < result.eval_history[0]["eval_loss"]
+
+
+def test_bf16_autocast_tracks_fp32(tmp_path):
+    tok = tiny_tokenizer()
+    data = make_examples(tok, 6)
+    a = train(tiny_model(tok), SFTObjective(), data, cfg(tmp_path / "a", precision="fp32", max_steps=3))
+    b = train(tiny_model(tok), SFTObjective(), data, cfg(tmp_path / "b", precision="bf16", max_steps=3))
+    for x, y in zip(a.history, b.history):
+        assert x["loss"] == pytest.approx(y["loss"], rel=3e-2)
+    assert next(tiny_model(tok).parameters()).dtype == torch.float32
