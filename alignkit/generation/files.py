@@ -1,0 +1,68 @@
+"""Prompts file in, responses file out: the body of `alignkit generate`."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from alignkit.data.formats import load_conversations
+from alignkit.generation.backend import Backend, Completion, SamplingParams
+
+
+def read_prompts(path: str, *, skip_bad: bool = False):
+    """Conversations to answer, one per record. A trailing assistant turn (a reference answer in an
+    evaluation file) is dropped."""
+    convs, report = load_conversations(path, skip_bad=skip_bad, require_assistant=False)
+    prompts = []
+    for conv in convs:
+        messages = list(conv.messages)
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()
+        if not messages:
+            from alignkit.data.errors import RecordError
+            raise RecordError("messages", "no user turn to answer", path=conv.source, line=conv.line, unit=conv.unit)
+        prompts.append((conv, messages))
+    return prompts, report
+
+
+def generate_all(backend: Backend, conversations: Sequence[list[dict]], params: SamplingParams, *,
+                 chunk: int = 32, progress: bool = True, desc: str = "generate") -> list[list[Completion]]:
+    """backend.chat over all conversations in chunks, with a progress bar showing tokens/s."""
+    results: list[list[Completion]] = []
+    tokens, start = 0, time.perf_counter()
+    with tqdm(total=len(conversations), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
+        for i in range(0, len(conversations), chunk):
+            part = backend.chat(list(conversations[i:i + chunk]), params)
+            results.extend(part)
+            tokens += sum(c.completion_tokens for cs in part for c in cs)
+            bar.update(len(part))
+            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.1f}")
+    return results
+
+
+def write_jsonl_atomic(path: str, rows) -> None:
+    """Write to a temporary name and rename: an interrupted run never leaves a complete-looking file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def generate_file(backend: Backend, prompts_path: str, out_path: str, params: SamplingParams, *,
+                  progress: bool = True) -> int:
+    prompts, _ = read_prompts(prompts_path)
+    completions = generate_all(backend, [m for _, m in prompts], params, progress=progress)
+    rows = []
+    for (conv, messages), outs in zip(prompts, completions):
+        row = {"source": f"{conv.source}:{conv.line}", "messages": messages, "prompt": messages[-1]["content"],
+               "response": outs[0].text, "finish_reason": outs[0].finish_reason, "model": backend.model_id}
+        if len(outs) > 1:
+            row["responses"] = [c.text for c in outs]
+        rows.append(row)
+    write_jsonl_atomic(out_path, rows)
+    return len(rows)

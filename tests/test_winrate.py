@@ -1,0 +1,203 @@
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from alignkit.evaluation.winrate import (
+    VerdictError, length_controlled_win_rate, load_verdicts, validate_verdicts, win_rate, win_rate_entry,
+)
+
+
+def verdict(item_id, winner, len_model=100, len_reference=100):
+    return {"id": str(item_id), "winner": winner, "len_model": len_model, "len_reference": len_reference}
+
+
+def records_from(winners):
+    return [verdict(i, w) for i, w in enumerate(winners)]
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# ------------------------------------------------------------------ raw win rate
+
+def test_win_rate_and_standard_error_by_hand():
+    winners = ["model", "model", "model", "tie", "reference", "reference", None, None]
+    result = win_rate(records_from(winners))
+    per_item = [1, 1, 1, 0.5, 0, 0]  # failures left out
+    assert result.win_rate == pytest.approx(3.5 / 6)
+    assert result.standard_error == pytest.approx(statistics.stdev(per_item) / math.sqrt(6))
+    assert (result.wins, result.ties, result.losses) == (3, 1, 2)
+    assert (result.n_items, result.n_scored, result.failures) == (8, 6, 2)
+    assert result.failure_rate == pytest.approx(2 / 8)
+    assert result.ci_low == pytest.approx(3.5 / 6 - 1.959964 * result.standard_error)
+    assert result.ci_high == pytest.approx(3.5 / 6 + 1.959964 * result.standard_error)
+
+
+def test_failures_never_count_as_wins_or_ties():
+    base = ["model", "reference", "reference", "tie"]
+    clean = win_rate(records_from(base))
+    with_failures = win_rate(records_from(base + [None] * 6))
+    assert with_failures.win_rate == clean.win_rate
+    assert with_failures.standard_error == clean.standard_error
+    assert with_failures.failures == 6 and with_failures.n_scored == 4
+    assert with_failures.wins + with_failures.ties + with_failures.losses == 4
+
+
+def test_all_failures_give_no_rate_rather_than_zero():
+    result = win_rate(records_from([None, None, None]))
+    assert result.win_rate is None and result.standard_error is None
+    assert result.failure_rate == 1.0 and result.n_scored == 0
+    lc = length_controlled_win_rate(records_from([None, None]))
+    assert lc.lc_win_rate is None and lc.failures == 2
+
+
+def test_single_item_has_no_standard_error():
+    result = win_rate(records_from(["model"]))
+    assert result.win_rate == 1.0 and result.standard_error is None and result.ci_low is None
+
+
+def test_both_orders_average_per_item_and_fail_if_either_order_fails():
+    first = records_from(["model", "model", "tie", "reference"])
+    second = records_from(["model", "reference", "model", None])
+    result = win_rate(first, second)
+    per_item = [1.0, 0.5, 0.75]  # item 3 failed in the second order
+    assert result.win_rate == pytest.approx(sum(per_item) / 3)
+    assert result.standard_error == pytest.approx(statistics.stdev(per_item) / math.sqrt(3))
+    assert (result.n_items, result.n_scored, result.failures, result.orders) == (4, 3, 1, 2)
+    assert (result.wins, result.ties, result.losses) == (4, 1, 1)
+    assert result.order_agreement == pytest.approx(1 / 3)
+
+
+def test_both_orders_must_cover_the_same_ids_and_lengths():
+    with pytest.raises(VerdictError, match="only in swapped: \\['9'\\]"):
+        win_rate(records_from(["model"]), [verdict(9, "model")])
+    with pytest.raises(VerdictError, match="different lengths"):
+        win_rate([verdict(1, "model", 10, 20)], [verdict(1, "model", 10, 21)])
+
+
+# ------------------------------------------------------------------ validation
+
+@pytest.mark.parametrize("bad, field", [
+    ({"id": "q1", "winner": "Model", "len_model": 1, "len_reference": 1}, "winner"),
+    ({"id": "q1", "winner": "tie", "len_model": -1, "len_reference": 1}, "len_model"),
+    ({"id": "q1", "winner": "tie", "len_model": 3, "len_reference": True}, "len_reference"),
+    ({"id": "q1", "winner": "tie", "len_model": 3.5, "len_reference": 1}, "len_model"),
+    ({"id": "", "winner": "tie", "len_model": 3, "len_reference": 1}, "id"),
+    ({"id": "q1", "len_model": 3, "len_reference": 1}, "winner"),
+])
+def test_bad_records_name_position_and_field(bad, field):
+    with pytest.raises(VerdictError) as err:
+        validate_verdicts([verdict("ok", "tie"), bad])
+    assert "records[1]" in str(err.value) and f"'{field}'" in str(err.value)
+
+
+def test_duplicate_ids_are_rejected():
+    with pytest.raises(VerdictError, match="'q' appears more than once"):
+        win_rate([verdict("q", "model"), verdict("q", "tie")])
+
+
+def test_load_verdicts_names_file_and_line(tmp_path):
+    path = tmp_path / "verdicts.jsonl"
+    lines = [json.dumps(verdict(1, "model")), "", json.dumps(verdict(2, None)), json.dumps(verdict(3, "win"))]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(VerdictError, match=f"{path}:4 \\(id '3'\\): field 'winner'"):
+        load_verdicts(path)
+    path.write_text(json.dumps(verdict(1, "model")) + "\n{not json\n")
+    with pytest.raises(VerdictError, match=f"{path}:2: invalid JSON"):
+        load_verdicts(path)
+    path.write_text("\n".join(lines[:3]) + "\n")
+    loaded = load_verdicts(path)
+    assert [v.winner for v in loaded] == ["model", None]
+    assert win_rate(loaded).failures == 1
+
+
+# ------------------------------------------------------------------ length control
+
+def test_lc_equals_raw_when_lengths_are_equal():
+    rng = np.random.default_rng(3)
+    options = ["model", "reference", "tie", None]
+    picks = rng.choice(len(options), size=120, p=[0.5, 0.3, 0.15, 0.05])
+    records = [verdict(i, options[k], 250, 250) for i, k in enumerate(picks)]
+    raw = win_rate(records)
+    lc = length_controlled_win_rate(records)
+    assert lc.lc_win_rate == pytest.approx(raw.win_rate, abs=1e-9)
+    # the sandwich SE reduces to the SE of the mean when length carries no information
+    assert lc.standard_error == pytest.approx(raw.standard_error, rel=1e-6)
+    assert lc.failures == raw.failures and lc.n_scored == raw.n_scored
+
+
+def simulate(n, seed, *, intercept, length_effect, mean_extra_length):
+    """Verdicts where P(model wins) = sigmoid(intercept + length_effect * tanh(diff / 150)), 10% ties."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        diff = int(rng.normal(mean_extra_length, 150))
+        len_reference = 800  # keeps len_model positive
+        p_win = sigmoid(intercept + length_effect * np.tanh(diff / 150))
+        u = rng.random()
+        winner = "tie" if u < 0.1 else ("model" if rng.random() < p_win else "reference")
+        records.append(verdict(i, winner, len_reference + diff, len_reference))
+    return records
+
+
+def test_lc_moves_towards_half_when_the_model_wins_only_through_length():
+    # equally good at equal length, but usually longer and the judge likes length
+    records = simulate(1500, 0, intercept=0.0, length_effect=3.0, mean_extra_length=120)
+    raw = win_rate(records).win_rate
+    lc = length_controlled_win_rate(records)
+    assert raw > 0.65  # inflated by length alone
+    assert abs(lc.lc_win_rate - 0.5) < 0.05
+    assert abs(lc.lc_win_rate - 0.5) < abs(raw - 0.5) / 3
+    assert lc.ci_low < 0.5 < lc.ci_high
+    assert lc.length_coef > 1.0
+
+
+def test_lc_keeps_a_genuine_advantage_that_length_does_not_explain():
+    records = simulate(1500, 1, intercept=1.2, length_effect=0.0, mean_extra_length=120)
+    raw = win_rate(records).win_rate
+    lc = length_controlled_win_rate(records)
+    assert raw == pytest.approx(sigmoid(1.2), abs=0.05)
+    assert lc.lc_win_rate == pytest.approx(raw, abs=0.04)
+
+
+def test_lc_confidence_interval_covers_the_truth_in_simulation():
+    truth = sigmoid(0.4)
+    covered = 0
+    trials = 60
+    for seed in range(trials):
+        records = simulate(300, 100 + seed, intercept=0.4, length_effect=1.5, mean_extra_length=60)
+        lc = length_controlled_win_rate(records, length_scale=150)
+        covered += lc.ci_low <= truth <= lc.ci_high
+        assert lc.ci_high - lc.ci_low < 0.2  # an informative interval, not a trivially wide one
+    assert covered / trials >= 0.85
+
+
+def test_lc_refuses_when_length_difference_is_constant():
+    records = [verdict(i, w, 300, 200) for i, w in enumerate(["model", "reference", "model", "tie"])]
+    lc = length_controlled_win_rate(records)
+    assert lc.lc_win_rate is None and "+100" in lc.note
+
+
+def test_lc_with_all_wins_is_one():
+    records = [verdict(i, "model", 100 + 10 * i, 100) for i in range(5)]
+    assert length_controlled_win_rate(records).lc_win_rate == 1.0
+
+
+def test_lc_with_both_orders_uses_averaged_item_scores():
+    first = simulate(400, 7, intercept=0.0, length_effect=2.5, mean_extra_length=100)
+    # second order agrees on every item: the combined result must equal the single-order one
+    same = length_controlled_win_rate(first)
+    combined = length_controlled_win_rate(first, [dict(r) for r in first])
+    assert combined.lc_win_rate == pytest.approx(same.lc_win_rate, abs=1e-9)
+
+
+def test_win_rate_entry_has_report_fields():
+    entry = win_rate_entry("m", simulate(100, 2, intercept=0.5, length_effect=1.0, mean_extra_length=0), reference="r")
+    assert entry["model"] == "m" and entry["reference"] == "r"
+    assert entry["win_rate"] == win_rate(simulate(100, 2, intercept=0.5, length_effect=1.0,
+                                                  mean_extra_length=0)).win_rate
+    assert 0 <= entry["lc_ci_low"] <= entry["lc_win_rate"] <= entry["lc_ci_high"] <= 1
