@@ -77,10 +77,10 @@ def cmd_eval_ifeval(a) -> None:
     if a.responses:
         responses = read_responses(a.responses)
     else:
-        from alignkit.generation.files import generate_all
+        from alignkit.generation.local import generate_texts
 
         backend = _local_backend(a.model, a.dtype, a.batch_size)
-        outs = generate_all(backend, [[{"role": "user", "content": p.prompt}] for p in prompts], _params(a))
+        outs = generate_texts(backend, [[{"role": "user", "content": p.prompt}] for p in prompts], _params(a))
         responses = {p.prompt: o[0].text for p, o in zip(prompts, outs)}
     result = score_ifeval(prompts, responses)
     d = result.to_dict()
@@ -88,6 +88,127 @@ def cmd_eval_ifeval(a) -> None:
     if a.out:
         with open(a.out, "w") as f:
             json.dump(d, f, indent=2)
+
+
+# ---- preference learning and reward models ----
+
+def config_keys_help(config, prefix: str = "") -> str:
+    """One line per key of a config (a dataclass instance holding the defaults), `key (default):
+    comment`, read from the dataclass source so the help never drifts from the field comments."""
+    import dataclasses
+    import inspect
+    import re
+
+    comments = {}
+    for klass in reversed(type(config).__mro__):
+        if dataclasses.is_dataclass(klass):
+            for line in inspect.getsource(klass).splitlines():
+                found = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+                if found:
+                    comments[found.group(1)] = found.group(2).strip()
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(config_keys_help(value, f"{prefix}{f.name}."))
+            continue
+        default = f"{value!r}" if value not in ("", None, []) else "empty"
+        lines.append(f"  {prefix}{f.name} ({default}): {comments.get(f.name, '')}".rstrip(": "))
+    return "\n".join(lines)
+
+
+def cmd_pref(a, preset: str | None = None) -> None:
+    from alignkit.config import ConfigError, load_config
+    from alignkit.training.pref_run import PrefConfig, run_pref
+
+    overrides = list(a.overrides)
+    if preset is not None:
+        chosen = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "loss"]
+        if any(c != preset for c in chosen):
+            raise ConfigError(f"`alignkit {preset}` presets loss={preset}; use `alignkit pref loss=...` for another loss")
+        overrides = [f"loss={preset}"] + overrides
+    cfg = load_config(PrefConfig, a.config, overrides)
+    run_pref(cfg)
+    print(f"saved to {os.path.join(cfg.train.output_dir, 'final')}")
+
+
+def cmd_rm(a) -> None:
+    from alignkit.config import load_config
+    from alignkit.training.reward import RMConfig, run_rm
+
+    cfg = load_config(RMConfig, a.config, a.overrides)
+    run_rm(cfg)
+    print(f"saved to {os.path.join(cfg.train.output_dir, 'final')}")
+
+
+def cmd_score(a) -> None:
+    from alignkit.evaluation.reward_eval import score_file
+    from alignkit.models.reward import load_reward_model
+
+    model, tok = load_reward_model(a.model, dtype=a.dtype)
+    written, cut = score_file(model, tok, a.input, a.out, batch_size=a.batch_size, max_length=a.max_length)
+    note = f" ({cut} cut from the left to --max-length {a.max_length})" if cut else ""
+    print(f"wrote {written} scored records to {a.out}{note}")
+
+
+def cmd_rm_eval(a) -> None:
+    from alignkit.evaluation.reward_eval import rm_eval, write_result
+    from alignkit.models.reward import load_reward_model
+
+    model, tok = load_reward_model(a.model, dtype=a.dtype)
+    result = rm_eval(model, tok, a.data, batch_size=a.batch_size, max_length=a.max_length, skip_bad=a.skip_bad)
+    print(result.table())
+    if result.truncated:
+        print(f"{result.truncated} sequences were cut from the left to --max-length {a.max_length}")
+    if a.out:
+        write_result(result, a.out)
+
+
+def add_preference_commands(sub) -> None:
+    from alignkit.training.pref_run import PrefConfig
+    from alignkit.training.preference import ALL_LOSSES, SHORTHANDS
+    from alignkit.training.reward import RMConfig
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    pref_keys = "config keys (YAML or key=value):\n" + config_keys_help(PrefConfig())
+    p = sub.add_parser("pref", help=f"preference training; loss={'|'.join(ALL_LOSSES)}",
+                       epilog=pref_keys, formatter_class=fmt)
+    p.add_argument("--config", help="YAML file (top-level loss keys, sections model, data, train, control)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss=ipo beta=0.5 train.lr=1e-6")
+    p.set_defaults(func=cmd_pref)
+    for name in SHORTHANDS:
+        p = sub.add_parser(name, help=f"= alignkit pref loss={name}", epilog=pref_keys, formatter_class=fmt)
+        p.add_argument("--config", help="YAML file (as for alignkit pref)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        p.set_defaults(func=lambda a, preset=name: cmd_pref(a, preset))
+
+    p = sub.add_parser("rm", help="train a reward model (scalar head, Bradley-Terry) on preference pairs",
+                       epilog="config keys (YAML or key=value):\n" + config_keys_help(RMConfig()), formatter_class=fmt)
+    p.add_argument("--config", help="YAML file (sections model, data, train)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. center_coefficient=0.01")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("score", help="score responses in a file with a reward model (JSONL out, `reward` added)")
+    p.add_argument("--model", required=True, help="a reward-model folder (from alignkit rm)")
+    p.add_argument("--input", required=True, help="records with prompt/messages and response(s), or whole "
+                                                  "conversations ending with an assistant turn")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per packed forward")
+    p.add_argument("--max-length", type=int, default=2048, help="longer sequences lose their start")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("rm-eval", help="reward-model accuracy on preference sets (overall, per file, per subset) "
+                                       "with the length bias of its scores")
+    p.add_argument("--model", required=True, help="a reward-model folder (from alignkit rm)")
+    p.add_argument("--data", required=True, nargs="+", help="pair files (prompt/chosen/rejected) or LLMBar files "
+                                                            "(input/output_1/output_2/label)")
+    p.add_argument("--out", help="write every number as JSON here")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per packed forward")
+    p.add_argument("--max-length", type=int, default=2048, help="longer sequences lose their start")
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) bad records instead of stopping")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.set_defaults(func=cmd_rm_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write every number as JSON here")
     _sampling_args(p)
     p.set_defaults(func=cmd_eval_ifeval)
+
+    add_preference_commands(sub)
     return parser
 
 

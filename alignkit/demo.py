@@ -63,12 +63,12 @@ def score(rows: list[dict], responses: list[str]) -> dict:
 
 def answer(model, tokenizer, rows: list[dict], max_new_tokens: int, desc: str) -> list[str]:
     from alignkit.generation.backend import SamplingParams
-    from alignkit.generation.files import generate_all
+    from alignkit.generation.local import generate_texts
     from alignkit.generation.local import LocalBackend
 
     backend = LocalBackend(model, tokenizer, batch_size=16)
     prompts = [[m for m in row["messages"] if m["role"] != "assistant"] for row in rows]
-    outs = generate_all(backend, prompts, SamplingParams(max_tokens=max_new_tokens), desc=desc)
+    outs = generate_texts(backend, prompts, SamplingParams(max_tokens=max_new_tokens), desc=desc)
     return [o[0].text for o in outs]
 
 

@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from typing import Sequence
-
-from tqdm.auto import tqdm
 
 from alignkit.data.formats import load_conversations
-from alignkit.generation.backend import Backend, Completion, SamplingParams
+from alignkit.generation.backend import Backend, SamplingParams
+from alignkit.generation.local import generate_texts
 
 
 def read_prompts(path: str, *, skip_bad: bool = False):
@@ -28,21 +25,6 @@ def read_prompts(path: str, *, skip_bad: bool = False):
     return prompts, report
 
 
-def generate_all(backend: Backend, conversations: Sequence[list[dict]], params: SamplingParams, *,
-                 chunk: int = 32, progress: bool = True, desc: str = "generate") -> list[list[Completion]]:
-    """backend.chat over all conversations in chunks, with a progress bar showing tokens/s."""
-    results: list[list[Completion]] = []
-    tokens, start = 0, time.perf_counter()
-    with tqdm(total=len(conversations), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True) as bar:
-        for i in range(0, len(conversations), chunk):
-            part = backend.chat(list(conversations[i:i + chunk]), params)
-            results.extend(part)
-            tokens += sum(c.completion_tokens for cs in part for c in cs)
-            bar.update(len(part))
-            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.1f}")
-    return results
-
-
 def write_jsonl_atomic(path: str, rows) -> None:
     """Write to a temporary name and rename: an interrupted run never leaves a complete-looking file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -56,7 +38,7 @@ def write_jsonl_atomic(path: str, rows) -> None:
 def generate_file(backend: Backend, prompts_path: str, out_path: str, params: SamplingParams, *,
                   progress: bool = True) -> int:
     prompts, _ = read_prompts(prompts_path)
-    completions = generate_all(backend, [m for _, m in prompts], params, progress=progress)
+    completions = generate_texts(backend, [m for _, m in prompts], params, progress=progress)
     rows = []
     for (conv, messages), outs in zip(prompts, completions):
         row = {"source": f"{conv.source}:{conv.line}", "messages": messages, "prompt": messages[-1]["content"],

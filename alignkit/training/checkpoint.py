@@ -21,10 +21,6 @@ from safetensors.torch import load_file, save_file
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -40,12 +36,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: str, step: int, *, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(root: str, step: int, *, weights: dict[str, torch.Tensor], optimizer, scheduler, state: dict,
+                    keep: int) -> Path:
+    """`weights` are the trained tensors by parameter name (fp32 masters under bf16 training)."""
     root_path = Path(root) / "checkpoints"
     root_path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root_path, prefix=".tmp-"))
     try:
-        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file({n: t.detach().contiguous().clone() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
@@ -69,17 +67,17 @@ def list_checkpoints(root: str) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def load_checkpoint(path: str | Path, *, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], optimizer, scheduler) -> dict:
+    """Copy the saved tensors into `weights` (same names as at save time) and restore the rest."""
     path = Path(path)
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    unknown = [n for n in weights if n not in params]
+    saved = load_file(str(path / "trainable.safetensors"))
+    missing = [n for n in weights if n not in saved]
+    unknown = [n for n in saved if n not in weights]
     if missing or unknown:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unknown {unknown[:5]}")
     with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+        for name, tensor in saved.items():
+            weights[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))

@@ -20,7 +20,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 0
-    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
+    precision: str = "bf16"  # bf16 (bf16 compute, fp32 master weights and optimizer) | fp32
+    shuffle: bool = True  # visit examples in a seeded random order each epoch
     eval_every: int = 0  # steps; 0 evaluates only at the end (when an eval set exists)
     save_every: int = 0  # steps; 0 saves only the final model
     save_total_limit: int = 2  # checkpoints kept

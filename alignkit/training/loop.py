@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from alignkit.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from alignkit.training.config import TrainConfig
+from alignkit.training.precision import MasterWeights
 from alignkit.training.schedule import make_scheduler
 from alignkit.training.tracking import MetricsLogger
 
@@ -91,12 +92,9 @@ class MicroBatches:
         return [self.examples[j] for j in order[start:start + self.batch_size]]
 
 
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    raise ValueError(f"precision must be bf16 or fp32, not {precision!r}")
+def _fused_ok(params) -> bool:
+    return all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) and p.device.type in ("cpu", "cuda")
+               for p in params)
 
 
 def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfig, *,
@@ -108,24 +106,36 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     rank, world = _world()
     seed_everything(cfg.seed)
     device = next(model.parameters()).device
-    stream = MicroBatches(train_examples, cfg.batch_size, cfg.seed)
+    stream = MicroBatches(train_examples, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle)
     steps_per_epoch = math.ceil(stream.per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, not {cfg.precision!r}")
+    masters = MasterWeights(model, hook_grads=world == 1) if cfg.precision == "bf16" else None
+    named = {id(p): n for n, p in model.named_parameters()}
+    if masters is not None:
+        weights = {named[id(p)]: m for p, m in masters.pairs}
+    else:
+        weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not weights:
+        raise ValueError("the model has no trainable parameters")
+    params = list(weights.values())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+        lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=_fused_ok(params))
     scheduler = make_scheduler(optimizer, total=total_steps, warmup=warmup, kind=cfg.schedule,
                                min_ratio=cfg.min_lr_ratio)
 
     step, micro_index, tokens_done = 0, 0, 0
     checkpoint = _resume_point(cfg)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(checkpoint, weights=weights, optimizer=optimizer, scheduler=scheduler)
+        if masters is not None:
+            masters.push()
         step, micro_index, tokens_done = state["step"], state["micro_index"], state["tokens"]
 
     train_model = model
@@ -148,7 +158,7 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
             for k, batch in enumerate(micro):
                 sync_now = k == len(micro) - 1 or world == 1
                 ctx = train_model.no_sync() if not sync_now else nullcontext()
-                with ctx, _autocast(cfg.precision, device):
+                with ctx:
                     loss_sum, metrics = objective.loss(train_model, batch)
                 # DDP averages gradients over processes; scaling by world undoes that so the
                 # result is sum / global units.
@@ -156,11 +166,17 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
                 for key, value in {"loss": float(loss_sum.detach()), **metrics}.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 step_tokens += int(batch["num_tokens"])
+            if masters is not None:
+                masters.collect_grads()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0
                          else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
             optimizer.step()
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            if masters is not None:
+                masters.push()
+                masters.zero_grad()
+            else:
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             micro_index += cfg.grad_accum
             step_tokens = int(_all_sum(step_tokens))
@@ -180,13 +196,13 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
             bar.update(1)
 
             if eval_examples and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps):
-                ev = evaluate(train_model, objective, eval_examples, cfg, device)
+                ev = evaluate(train_model, objective, eval_examples, cfg)
                 ev["step"] = step
                 result.eval_history.append(ev)
                 logger.log(ev)
                 model.train()
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and rank == 0:
-                save_checkpoint(cfg.output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                save_checkpoint(cfg.output_dir, step, weights=weights, optimizer=optimizer, scheduler=scheduler,
                                 state={"micro_index": micro_index, "tokens": tokens_done},
                                 keep=cfg.save_total_limit)
             if on_step:
@@ -194,6 +210,8 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     finally:
         bar.close()
         logger.close()
+        if masters is not None:
+            masters.restore_fp32()
     model.eval()
     result.steps, result.tokens = step, tokens_done
     result.seconds = time.perf_counter() - start_time
@@ -201,7 +219,7 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
 
 
 @torch.no_grad()
-def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig, device) -> dict:
+def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig) -> dict:
     """Held-out metrics: every summed quantity divided by the total units."""
     model.eval()
     sums: dict[str, float] = {}
@@ -209,8 +227,7 @@ def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig, 
     rank, world = _world()
     for start in range(rank * cfg.batch_size, len(examples), cfg.batch_size * world):
         batch = objective.collate(examples[start:start + cfg.batch_size])
-        with _autocast(cfg.precision, device):
-            loss_sum, metrics = objective.loss(model, batch)
+        loss_sum, metrics = objective.loss(model, batch)
         units += batch["num_units"]
         for key, value in {"loss": float(loss_sum), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + float(value)

@@ -1,0 +1,418 @@
+"""Generation with a transformers causal LM loaded in this process.
+
+Prompts are sorted by length into batches (less padding), padded on the left and decoded by
+`model.generate` with its KV cache. Two small hooks replace the stock ones:
+
+* `_EndTracker` ends a row at EOS or a stop string and records how many tokens the row had
+  produced then, so we never have to guess the end from padding (pad may equal EOS).
+* `_SeededSampler` draws each row with the row's own random generator, so a seeded prompt
+  samples the same text whatever other prompts share its batch.
+
+Log-probabilities are those of the model's own distribution (before temperature and
+top-k/top-p), like vLLM's default. In each `top_logprobs` dict the first entry is the token
+that was generated; the others are the `params.logprobs` most likely tokens.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                    TopPLogitsWarper)
+
+from alignkit.data.chat import tokenize_prompt
+from alignkit.generation.backend import Backend, Completion, Message, SamplingParams
+
+Prompt = str | list[Message]
+
+
+def check_sampling_params(params: SamplingParams) -> None:
+    """Raises ValueError naming the first field of `params` that no backend can honour."""
+    if params.max_tokens < 1:
+        raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {params.max_tokens}")
+    if params.n < 1:
+        raise ValueError(f"SamplingParams.n must be >= 1, got {params.n}")
+    if params.temperature < 0:
+        raise ValueError(f"SamplingParams.temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < 0:
+        raise ValueError(f"SamplingParams.top_k must be >= 0 (0 disables it), got {params.top_k}")
+    if params.logprobs is not None and params.logprobs < 0:
+        raise ValueError(f"SamplingParams.logprobs must be >= 0 or None, got {params.logprobs}")
+    # A bare string would be iterated character by character and stop at every one of them.
+    if isinstance(params.stop, str) or not all(isinstance(s, str) and s for s in params.stop):
+        raise ValueError(f"SamplingParams.stop must be a tuple of non-empty strings, got {params.stop!r}")
+
+
+def check_conversation(conversation: object, index: int) -> None:
+    """Raises ValueError naming conversation `index` and the message that is malformed."""
+    if not isinstance(conversation, list) or not conversation:
+        raise ValueError(f"conversation {index}: expected a non-empty list of messages, got {conversation!r:.200}")
+    for position, message in enumerate(conversation):
+        if not isinstance(message, dict):
+            raise ValueError(f"conversation {index}, message {position}: expected a dict, got {message!r:.200}")
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"conversation {index}, message {position}: field 'role' must be system, user or "
+                             f"assistant, got {message.get('role')!r}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"conversation {index}, message {position}: field 'content' must be a string, "
+                             f"got {type(message.get('content')).__name__}")
+
+
+@dataclass
+class _Row:
+    """One sequence to generate: sample `sample_index` for prompt `prompt_index`."""
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    seed: int
+
+
+@dataclass
+class _RowOutput:
+    token_ids: list[int]  # everything generated, up to and including the token that ended the row
+    ended: bool  # True when a stop token or stop string ended the row before max_tokens
+    chosen_logprobs: list[float] | None = None  # one per generated token
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # (token id, logprob) pairs per token
+
+
+class _EndTracker(StoppingCriteria):
+    """Ends rows at a stop token or stop string; `ended_at[r]` is how many tokens row r had then."""
+
+    def __init__(self, prompt_width: int, stop_token_ids: torch.Tensor, stop_strings: Sequence[str], decode):
+        self.prompt_width = prompt_width
+        self.stop_token_ids = stop_token_ids
+        self.stop_strings = tuple(stop_strings)
+        self.decode = decode
+        # A stop string of L characters spans at most 4L byte-level tokens, plus one partly before it.
+        self.window = 4 * max((len(s) for s in self.stop_strings), default=0) + 2
+        self.ended_at: torch.Tensor | None = None  # -1 while the row is running
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.ended_at is None:
+            self.ended_at = torch.full((input_ids.shape[0],), -1, dtype=torch.long, device=input_ids.device)
+        running = self.ended_at < 0
+        ends = torch.isin(input_ids[:, -1], self.stop_token_ids) & running
+        if self.stop_strings:
+            ends |= self._rows_ending_in_stop_string(input_ids, running)
+        self.ended_at[ends] = input_ids.shape[1] - self.prompt_width
+        return self.ended_at >= 0
+
+    def _rows_ending_in_stop_string(self, input_ids: torch.LongTensor, running: torch.Tensor) -> torch.Tensor:
+        start = max(self.prompt_width, input_ids.shape[1] - self.window)
+        tails = input_ids[:, start:].tolist()
+        hits = [is_running and any(s in self.decode(tail) for s in self.stop_strings)
+                for is_running, tail in zip(running.tolist(), tails)]
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records log-probabilities of the raw next-token distribution at every step.
+
+    Placed first among the processors, it sees the logits before temperature and filtering.
+    Only one step's full distribution is kept: the token chosen from it is looked up on the
+    next call, when it shows up at the end of `input_ids`.
+    """
+
+    def __init__(self, top_k: int):
+        self.top_k = top_k
+        self.chosen: list[torch.Tensor] = []
+        self.top: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._previous: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._previous is not None:
+            self.chosen.append(self._previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        logprobs = torch.log_softmax(scores.float(), dim=-1)
+        k = min(self.top_k, logprobs.shape[-1])
+        values, indices = logprobs.topk(k, dim=-1)
+        self.top.append((values, indices))
+        self._previous = logprobs
+        return scores
+
+    def per_row(self, generated: torch.LongTensor) -> tuple[list[list[float]], list[list[list[tuple[int, float]]]]]:
+        """Chosen-token and top-k log-probs for each row of `generated` (the new tokens only)."""
+        steps = generated.shape[1]
+        if len(self.chosen) < steps:  # the last chosen token never came back through __call__
+            self.chosen.append(self._previous.gather(1, generated[:, steps - 1:steps]).squeeze(1))
+        if steps == 0:
+            return [[] for _ in range(generated.shape[0])], [[] for _ in range(generated.shape[0])]
+        chosen = torch.stack(self.chosen[:steps], dim=1).tolist()
+        values = torch.stack([v for v, _ in self.top[:steps]], dim=1).tolist()
+        indices = torch.stack([i for _, i in self.top[:steps]], dim=1).tolist()
+        top = [[list(zip(step_ids, step_values)) for step_ids, step_values in zip(row_ids, row_values)]
+               for row_ids, row_values in zip(indices, values)]
+        return chosen, top
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples every row with its own generator, then forces greedy decoding to pick that token."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        picks = torch.cat([torch.multinomial(probs[row], 1, generator=generator)
+                           for row, generator in enumerate(self.generators)])
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, picks.unsqueeze(1), 0.0)
+        return forced
+
+
+def _row_seed(seed: int | None, prompt_ids: list[int], sample_index: int) -> int:
+    if seed is None:  # still drawn from torch's global generator, so torch.manual_seed governs it
+        return int(torch.randint(0, 2**62, (1,)).item())
+    # Keyed on the prompt itself rather than its position: the same prompt with the same seed
+    # gives the same samples in any call, batch or order.
+    digest = hashlib.sha256(f"{seed}|{sample_index}|{prompt_ids}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    # The model may be shared with a trainer (online RL): leave its train/eval mode as found.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _find_stop(text: str, stop: Sequence[str]) -> int | None:
+    positions = [text.find(s) for s in stop]
+    found = [p for p in positions if p >= 0]
+    return min(found) if found else None
+
+
+class LocalBackend:
+    """A transformers causal LM behind the `Backend` interface.
+
+    Not thread-safe: call it from one thread (the server's batcher does).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, model_id: str | None = None,
+                 device: str | torch.device | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device is not None:
+            model.to(device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self._eos_ids = self._collect_eos_ids()
+        if not self._eos_ids:
+            raise ValueError(f"{self.model_id}: neither the tokenizer nor the generation config names an EOS token")
+        # Padded positions are masked out, so any id works; pad may even equal EOS (SmolLM2).
+        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos_ids)
+        self._piece_cache: dict[int, str] = {}
+
+    # ----- Backend interface -----
+
+    def chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {self.model_id} has no chat template; use complete() for raw text")
+        return self._generate([self._chat_ids(c, i) for i, c in enumerate(conversations)], params)
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        prompt_ids = []
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {index}: expected a string, got {type(prompt).__name__}")
+            # Raw text gets the tokenizer's usual special tokens (BOS for Llama-style models),
+            # unless the text already starts with BOS, as a rendered chat template does.
+            ids = self.tokenizer(prompt)["input_ids"]
+            bos = self.tokenizer.bos_token_id
+            if bos is not None and ids[:2] == [bos, bos]:
+                ids = ids[1:]
+            prompt_ids.append(ids)
+        return self._generate(prompt_ids, params)
+
+    # ----- prompts -----
+
+    def _chat_ids(self, conversation: list[Message], index: int) -> list[int]:
+        check_conversation(conversation, index)
+        # The same rendering as training uses: BOS exactly once, whether the template renders it or not.
+        return tokenize_prompt(self.tokenizer, conversation)
+
+    def _collect_eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return {i for i in ids if i is not None}
+
+    def _stop_token_ids(self, stop: Sequence[str]) -> set[int]:
+        """EOS ids plus stop strings that are themselves one special token (they never reach the text)."""
+        added = self.tokenizer.get_added_vocab()
+        return self._eos_ids | {added[s] for s in stop if s in added}
+
+    def _check_prompts(self, prompt_ids: list[list[int]], max_tokens: int) -> None:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        for index, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"prompt {index} is empty after tokenization")
+            if context is not None and len(ids) + max_tokens > context:
+                raise ValueError(f"prompt {index}: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed "
+                                 f"the model's context of {context} tokens")
+
+    # ----- generation -----
+
+    def _generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        check_sampling_params(params)
+        self._check_prompts(prompt_ids, params.max_tokens)
+        sampling = params.temperature > 0
+        draws = params.n if sampling else 1  # greedy samples are all alike: decode once, copy
+        rows = [_Row(i, j, ids, _row_seed(params.seed, ids, j))
+                for i, ids in enumerate(prompt_ids) for j in range(draws)]
+        rows.sort(key=lambda row: len(row.prompt_ids), reverse=True)  # longest first: memory errors show early
+        stop_ids = self._stop_token_ids(params.stop)
+        done: dict[tuple[int, int], Completion] = {}
+        with torch.inference_mode(), _eval_mode(self.model):
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start:start + self.batch_size]
+                for row, output in zip(batch, self._generate_batch(batch, params, stop_ids), strict=True):
+                    done[(row.prompt_index, row.sample_index)] = self._to_completion(row, output, params, stop_ids)
+        return [[dataclasses.replace(done[(i, j if sampling else 0)]) for j in range(params.n)]
+                for i in range(len(prompt_ids))]
+
+    def _generate_batch(self, rows: list[_Row], params: SamplingParams, stop_ids: set[int]) -> list[_RowOutput]:
+        width = max(len(row.prompt_ids) for row in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            input_ids[r, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
+            attention_mask[r, width - len(row.prompt_ids):] = 1
+
+        stop_list = sorted(stop_ids)
+        tracker = _EndTracker(width, torch.tensor(stop_list, device=self.device), params.stop, self._decode)
+        processors = LogitsProcessorList()
+        recorder = None
+        if params.logprobs is not None:
+            recorder = _LogprobRecorder(params.logprobs)
+            processors.append(recorder)
+        if params.temperature > 0:
+            processors.extend(self._sampling_processors(rows, params))
+
+        # Greedy decoding throughout; sampling happens inside _SeededSampler. The penalties are
+        # pinned because a model's generation_config would otherwise fill them in.
+        sequences = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+            max_new_tokens=params.max_tokens, do_sample=False, num_beams=1,
+            repetition_penalty=1.0, no_repeat_ngram_size=0,
+            pad_token_id=self._pad_id, eos_token_id=stop_list,
+            logits_processor=processors, stopping_criteria=StoppingCriteriaList([tracker]))
+        generated = sequences[:, width:]
+        ended_at = tracker.ended_at.tolist() if tracker.ended_at is not None else [-1] * len(rows)
+        chosen, top = recorder.per_row(generated) if recorder is not None else (None, None)
+        outputs = []
+        for r, tokens in enumerate(generated.tolist()):
+            end = ended_at[r] if ended_at[r] >= 0 else len(tokens)
+            outputs.append(_RowOutput(
+                token_ids=tokens[:end], ended=ended_at[r] >= 0,
+                chosen_logprobs=chosen[r][:end] if chosen is not None else None,
+                top_logprobs=top[r][:end] if top is not None else None))
+        return outputs
+
+    def _sampling_processors(self, rows: list[_Row], params: SamplingParams) -> list[LogitsProcessor]:
+        processors: list[LogitsProcessor] = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_k > 0:
+            processors.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            processors.append(TopPLogitsWarper(params.top_p))
+        generators = [torch.Generator(device=self.device).manual_seed(row.seed) for row in rows]
+        processors.append(_SeededSampler(generators))
+        return processors
+
+    # ----- outputs -----
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _to_completion(self, row: _Row, output: _RowOutput, params: SamplingParams, stop_ids: set[int]) -> Completion:
+        content_ids = output.token_ids
+        if output.ended and content_ids and content_ids[-1] in stop_ids:
+            content_ids = content_ids[:-1]
+        text = self._decode(content_ids)
+        finish_reason = "stop" if output.ended else "length"
+        cut = _find_stop(text, params.stop)
+        kept_tokens = len(content_ids)
+        if cut is not None:
+            text, finish_reason = text[:cut], "stop"
+            kept_tokens = self._tokens_covering(content_ids, cut)
+        top_logprobs = None
+        if output.chosen_logprobs is not None:
+            top_logprobs = [self._logprob_entry(content_ids[t], output.chosen_logprobs[t], output.top_logprobs[t])
+                            for t in range(kept_tokens)]
+        return Completion(text=text, finish_reason=finish_reason, prompt_tokens=len(row.prompt_ids),
+                          completion_tokens=len(output.token_ids), top_logprobs=top_logprobs)
+
+    def _tokens_covering(self, ids: list[int], chars: int) -> int:
+        """The fewest leading tokens of `ids` whose text reaches `chars` characters."""
+        for count in range(len(ids) + 1):
+            if len(self._decode(ids[:count])) >= chars:
+                return count
+        return len(ids)
+
+    def _logprob_entry(self, chosen_id: int, chosen_logprob: float, top: list[tuple[int, float]]) -> dict[str, float]:
+        entry = {self._piece(chosen_id): chosen_logprob}
+        for token_id, logprob in top:
+            if token_id == chosen_id:
+                continue
+            key = self._piece(token_id)
+            if key in entry:  # two tokens with the same text: fall back to the vocabulary form
+                key = self.tokenizer.convert_ids_to_tokens(token_id)
+            if key not in entry:
+                entry[key] = logprob
+        return entry
+
+    def _piece(self, token_id: int) -> str:
+        """Readable text of one token; the vocabulary form when it is a partial UTF-8 byte."""
+        if token_id not in self._piece_cache:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if not text or "\ufffd" in text:
+                text = self.tokenizer.convert_ids_to_tokens(token_id)
+            self._piece_cache[token_id] = text
+        return self._piece_cache[token_id]
+
+
+def generate_texts(backend: Backend, prompts: Sequence[Prompt], params: SamplingParams, *,
+                   progress: bool = True, chunk_size: int = 64, desc: str = "generating") -> list[list[Completion]]:
+    """Completions for a mix of raw prompts (str) and conversations, in order, with a progress bar.
+
+    Prompts go to the backend in chunks of similar length; the bar shows prompts done,
+    generated tokens per second and how many completions came back as errors.
+    """
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, (str, list)):
+            raise ValueError(f"prompt {index}: expected a string or a list of messages, got {type(prompt).__name__}")
+    order = sorted(range(len(prompts)), key=lambda i: len(str(prompts[i])), reverse=True)
+    results: list[list[Completion] | None] = [None] * len(prompts)
+    generated_tokens = errors = 0
+    started = time.perf_counter()
+    with tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress) as bar:
+        for start in range(0, len(order), chunk_size):
+            chunk = order[start:start + chunk_size]
+            conversations = [i for i in chunk if isinstance(prompts[i], list)]
+            raw = [i for i in chunk if isinstance(prompts[i], str)]
+            for indices, call in ((conversations, backend.chat), (raw, backend.complete)):
+                if not indices:
+                    continue
+                for i, completions in zip(indices, call([prompts[i] for i in indices], params), strict=True):
+                    results[i] = completions
+                    generated_tokens += sum(c.completion_tokens for c in completions)
+                    errors += sum(c.finish_reason == "error" for c in completions)
+            bar.update(len(chunk))
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(tok_s=f"{generated_tokens / elapsed:.1f}", errors=errors)
+    return results

@@ -1,0 +1,237 @@
+"""Generation through any OpenAI-compatible HTTP endpoint (OpenAI, vLLM, our own server).
+
+Requests run in a bounded thread pool. Retrying is ours, not the client's (its own
+max_retries is 0), so that it is visible in `usage` and testable: 429, 5xx, 408/409,
+connection errors and timeouts are retried with exponential backoff and jitter. A prompt
+that still fails comes back as `Completion(finish_reason="error", error=...)` rather than an
+exception, so one bad request never sinks a batch, and never as an empty "answer".
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import openai
+
+from alignkit.generation.backend import Completion, Message, SamplingParams
+from alignkit.generation.local import check_conversation, check_sampling_params
+
+_RETRYABLE_STATUS = {408, 409, 429}
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # HTTP requests sent, retries included
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    failures: int = 0  # prompts whose completions came back as errors
+
+
+def _is_retryable(error: openai.OpenAIError) -> bool:
+    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in _RETRYABLE_STATUS or error.status_code >= 500
+    return False
+
+
+def _retry_after_seconds(error: openai.OpenAIError) -> float | None:
+    """The server's own wait hint (Retry-After header), if it sent one in seconds."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def _error_completions(n: int, message: str) -> list[Completion]:
+    return [Completion(text="", finish_reason="error", error=message) for _ in range(n)]
+
+
+def _finish(reason: str | None) -> tuple[str, str | None]:
+    """Our finish_reason and error for the server's; anything but stop/length is a failure to answer."""
+    if reason in ("stop", "length"):
+        return reason, None
+    return "error", f"the server ended the answer with finish_reason={reason!r}"
+
+
+def _split(total: int, parts: int, index: int) -> int:
+    # The API reports completion tokens per request only; with n > 1 we share them out evenly.
+    return total // parts + (1 if index < total % parts else 0)
+
+
+class OpenAIBackend:
+    """`Backend` over the official `openai` client."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, model: str,
+                 max_concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5,
+                 backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 max_tokens_field: str = "max_tokens", extra_body: dict[str, Any] | None = None):
+        """`max_tokens_field`: "max_completion_tokens" for OpenAI reasoning models.
+        `extra_body`: extra JSON fields for every request (server-specific options)."""
+        if max_concurrency < 1 or max_retries < 0:
+            raise ValueError(f"need max_concurrency >= 1 and max_retries >= 0, got {max_concurrency}, {max_retries}")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if api_key is None:
+            if base_url is None:
+                raise ValueError("no API key: pass api_key= or set OPENAI_API_KEY")
+            api_key = "EMPTY"  # local OpenAI-compatible servers accept any key
+        self.model_id = model
+        self.base_url = base_url
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_tokens_field = max_tokens_field
+        self.extra_body = dict(extra_body or {})
+        self.usage = Usage()
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self._usage_lock = threading.Lock()
+        # Shared by all callers, so concurrent chat() calls together stay within max_concurrency.
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+
+    # ----- Backend interface -----
+
+    def chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+        check_sampling_params(params)
+        for index, conversation in enumerate(conversations):
+            check_conversation(conversation, index)
+        request = self._common_fields(params)
+        if params.logprobs is not None:
+            request.update(logprobs=True, top_logprobs=params.logprobs)
+        return self._run_all(
+            [lambda c=c: self._request(self._client.chat.completions.create, {**request, "messages": c},
+                                       params, self._parse_chat)
+             for c in conversations])
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        check_sampling_params(params)
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {index}: expected a string, got {type(prompt).__name__}")
+        request = self._common_fields(params)
+        if params.logprobs is not None:
+            request["logprobs"] = params.logprobs
+        return self._run_all(
+            [lambda p=p: self._request(self._client.completions.create, {**request, "prompt": p},
+                                       params, self._parse_completion)
+             for p in prompts])
+
+    # ----- requests -----
+
+    def _common_fields(self, params: SamplingParams) -> dict[str, Any]:
+        request: dict[str, Any] = {"model": self.model_id, "n": params.n, "temperature": params.temperature,
+                                   "top_p": params.top_p, self.max_tokens_field: params.max_tokens}
+        if params.seed is not None:
+            request["seed"] = params.seed
+        if params.stop:
+            request["stop"] = list(params.stop)
+        extra = dict(self.extra_body)
+        if params.top_k:  # not an OpenAI field; vLLM and others read it from the body
+            extra["top_k"] = params.top_k
+        if extra:
+            request["extra_body"] = extra
+        return request
+
+    def _run_all(self, calls: list[Callable[[], list[Completion]]]) -> list[list[Completion]]:
+        if not calls:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(calls))) as pool:
+            return list(pool.map(lambda call: call(), calls))
+
+    def _request(self, create: Callable[..., Any], request: dict[str, Any], params: SamplingParams,
+                 parse: Callable[[Any, SamplingParams], list[Completion]]) -> list[Completion]:
+        for attempt in range(self.max_retries + 1):
+            self._count(requests=1)
+            try:
+                with self._slots:
+                    response = create(**request)
+            except openai.OpenAIError as error:
+                retryable = _is_retryable(error)
+                if retryable and attempt < self.max_retries:
+                    self._count(retries=1)
+                    time.sleep(self._backoff(attempt, error))
+                    continue
+                self._count(failures=1)
+                tries = f" after {attempt + 1} attempts" if retryable else ""
+                return _error_completions(params.n, f"{type(error).__name__}{tries}: {error}")
+            if response.usage is not None:
+                self._count(prompt_tokens=response.usage.prompt_tokens,
+                            completion_tokens=response.usage.completion_tokens)
+            completions = parse(response, params)
+            if any(c.finish_reason == "error" for c in completions):
+                self._count(failures=1)
+            return completions
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    def _backoff(self, attempt: int, error: openai.OpenAIError) -> float:
+        delay = min(self.backoff_max, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
+        hinted = _retry_after_seconds(error)
+        return min(self.backoff_max, max(delay, hinted)) if hinted is not None else delay
+
+    def _count(self, **increments: int) -> None:
+        with self._usage_lock:
+            for name, value in increments.items():
+                setattr(self.usage, name, getattr(self.usage, name) + value)
+
+    # ----- responses -----
+
+    def _parse_chat(self, response: Any, params: SamplingParams) -> list[Completion]:
+        completions = []
+        choices = sorted(response.choices, key=lambda choice: choice.index)[:params.n]
+        for index, choice in enumerate(choices):
+            top = None
+            if choice.logprobs is not None and choice.logprobs.content is not None:
+                top = [{entry.token: entry.logprob, **{alt.token: alt.logprob for alt in entry.top_logprobs or []
+                                                       if alt.token != entry.token}}
+                       for entry in choice.logprobs.content]
+            content = choice.message.content
+            if content is None:
+                error = (f"the response has no text (finish_reason={choice.finish_reason!r}, "
+                         f"refusal={getattr(choice.message, 'refusal', None)!r})")
+                completions.append(Completion(text="", finish_reason="error", error=error))
+                continue
+            completions.append(self._completion(response, params, index, content, choice.finish_reason, top))
+        return completions + self._missing(len(completions), params)
+
+    def _parse_completion(self, response: Any, params: SamplingParams) -> list[Completion]:
+        completions = []
+        choices = sorted(response.choices, key=lambda choice: choice.index)[:params.n]
+        for index, choice in enumerate(choices):
+            top = None
+            logprobs = choice.logprobs
+            if logprobs is not None and logprobs.tokens is not None:
+                alternatives = logprobs.top_logprobs or [{} for _ in logprobs.tokens]
+                top = [{token: logprob, **{t: lp for t, lp in (alts or {}).items() if t != token}}
+                       for token, logprob, alts in zip(logprobs.tokens, logprobs.token_logprobs, alternatives)]
+            completions.append(self._completion(response, params, index, choice.text, choice.finish_reason, top))
+        return completions + self._missing(len(completions), params)
+
+    def _completion(self, response: Any, params: SamplingParams, index: int, text: str, reason: str | None,
+                    top: list[dict[str, float]] | None) -> Completion:
+        finish_reason, error = _finish(reason)
+        if params.logprobs is not None and top is None and error is None:
+            finish_reason, error = "error", "logprobs were requested but the server returned none"
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage is not None else 0
+        if top is not None:
+            completion_tokens = len(top)
+        else:
+            completion_tokens = _split(usage.completion_tokens, params.n, index) if usage is not None else 0
+        return Completion(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                          completion_tokens=completion_tokens, top_logprobs=top, error=error)
+
+    @staticmethod
+    def _missing(returned: int, params: SamplingParams) -> list[Completion]:
+        # Some servers ignore n; say so instead of handing back fewer answers than asked for.
+        return _error_completions(params.n - returned, f"the server returned {returned} choices for n={params.n}")
