@@ -3,6 +3,7 @@
 Each trainer runs in its own subprocess (so peak RSS is its own); the parent prints a table of
 non-padding tokens per second, peak RSS, first and final loss, and the alignkit/TRL ratios.
 TRL gets its best settings on this machine: bf16, padding-free batches, completion-only loss.
+Both read the examples in file order (no shuffling), so their loss curves are step for step comparable.
 
     python bench/sft_vs_trl.py --steps 30 --batch-size 8
 """
@@ -26,20 +27,21 @@ def rows():
 
 
 def run_alignkit(a) -> dict:
-    from alignkit.data.readers import DataSpec
+    from alignkit.data.formats import load_conversations
+    from alignkit.data.sft import build_sft_examples
     from alignkit.models.loading import load_model
     from alignkit.training.config import TrainConfig
-    from alignkit.training.sft import SFTConfig, SFTDataConfig, SFTObjective, load_sft_data
     from alignkit.training.loop import train
+    from alignkit.training.sft import SFTObjective
 
     model, tok = load_model("embedded")
-    cfg = SFTConfig(data=SFTDataConfig(train=[DataSpec(str(DATA))], max_length=a.max_length),
-                    train=TrainConfig(output_dir=a.tmp, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                                      warmup_steps=0, schedule="constant", precision="bf16", resume="none",
-                                      progress=False, seed=0, max_grad_norm=1.0))
-    examples, *_ = load_sft_data(cfg.data, tok, seed=0)
+    cfg = TrainConfig(output_dir=a.tmp, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=0,
+                      schedule="constant", precision="bf16", resume="none", progress=False, seed=0,
+                      max_grad_norm=1.0, shuffle=False)
+    conversations, _ = load_conversations(str(DATA))
+    examples, _ = build_sft_examples(conversations, tok, max_length=a.max_length)
     t = time.perf_counter()
-    result = train(model, SFTObjective(), examples, cfg.train)
+    result = train(model, SFTObjective(), examples, cfg)
     seconds = time.perf_counter() - t
     return {"tokens": result.tokens, "seconds": seconds, "losses": [r["loss"] for r in result.history]}
 
@@ -62,7 +64,7 @@ def run_trl(a) -> dict:
                      learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, bf16=True, use_cpu=True,
                      padding_free=True, completion_only_loss=True, max_length=None, logging_steps=1,
                      save_strategy="no", report_to=[], seed=0, data_seed=0, max_grad_norm=1.0,
-                     dataloader_num_workers=0, disable_tqdm=True)
+                     dataloader_num_workers=0, disable_tqdm=True, train_sampling_strategy="sequential")
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
     t = time.perf_counter()
     trainer.train()

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from alignkit.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from alignkit.training.config import TrainConfig
+from alignkit.training.memory import release_freed_tensors
 from alignkit.training.precision import MasterWeights
 from alignkit.training.schedule import make_scheduler
 from alignkit.training.tracking import MetricsLogger
@@ -103,6 +104,7 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     """Train `model` in place; returns the logged history."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    release_freed_tensors()
     rank, world = _world()
     seed_everything(cfg.seed)
     device = next(model.parameters()).device

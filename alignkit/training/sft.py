@@ -58,7 +58,7 @@ class SFTObjective:
 
 
 def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
-    """(train examples, eval examples, report dict) following the config's policies."""
+    """(train examples, eval examples, report dict, skip report, length report) under the config's policies."""
     if not cfg.train:
         raise ValueError("data.train lists no dataset")
     load = partial(load_conversations, skip_bad=cfg.skip_bad)
@@ -88,21 +88,24 @@ def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
 
 def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
     """Load model and data, train, save the final model in the Hugging Face layout under output_dir/final."""
-    from alignkit.models.loading import load_model
+    from alignkit.models.loading import load_model, load_tokenizer
     from alignkit.models.lora import apply_lora, save_model
 
     out = cfg.train.output_dir
     os.makedirs(out, exist_ok=True)
     save_config(cfg, os.path.join(out, "config.yaml"))
-    if model is None:
-        model, tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype)
-    if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.name)
+    # Data first: a bad record fails in seconds, before the model is loaded.
     train_examples, eval_examples, report, skips, lengths = load_sft_data(cfg.data, tokenizer, seed=cfg.train.seed)
     print(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples; {skips.summary()}; "
           f"{lengths.summary()}", flush=True)
     with open(os.path.join(out, "data_report.json"), "w") as f:
         json.dump(report, f, indent=2)
+    if model is None:
+        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
     result = train(model, SFTObjective(), train_examples, cfg.train, eval_examples=eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
     final = os.path.join(out, "final")
