@@ -107,7 +107,6 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     release_freed_tensors()
     rank, world = _world()
     seed_everything(cfg.seed)
-    device = next(model.parameters()).device
     stream = MicroBatches(train_examples, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle)
     steps_per_epoch = math.ceil(stream.per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))

@@ -3,7 +3,8 @@
 The model computes in bf16 (on CPUs with AVX512-BF16 and on GPUs that is several times faster
 than fp32, and unlike autocast no weight is re-cast on every forward), while the optimizer
 updates fp32 master copies: small updates are not lost to bf16 rounding. Gradients are moved
-into fp32 as soon as each one is produced, so no full set of bf16 gradients stays alive.
+into fp32 as soon as each one is produced, so no full set of bf16 gradients stays alive, and
+they are freed after every step.
 Frozen weights (a LoRA base) keep their fp32 originals aside and get them back at the end.
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ class MasterWeights:
             p.data = original.to(dtype)
             if p.requires_grad:
                 master = original  # the fp32 storage itself becomes the master copy
-                master.grad = torch.zeros_like(master)
                 self.pairs.append((p, master))
                 if hook_grads:
                     self._hooks.append(p.register_post_accumulate_grad_hook(self._make_hook(master)))
@@ -34,9 +34,17 @@ class MasterWeights:
         # Buffers such as rotary inverse frequencies stay fp32: they are tiny and precision-sensitive.
 
     @staticmethod
-    def _make_hook(master: torch.Tensor):
+    def _accumulate(master: torch.Tensor, grad: torch.Tensor) -> None:
+        # Allocated on first use and dropped after each step, like set_to_none: between steps,
+        # and during the forward pass, no gradient memory is held.
+        if master.grad is None:
+            master.grad = grad.float()
+        else:
+            master.grad.add_(grad)
+
+    def _make_hook(self, master: torch.Tensor):
         def hook(p: torch.Tensor) -> None:
-            master.grad.add_(p.grad)
+            self._accumulate(master, p.grad)
             p.grad = None
         return hook
 
@@ -47,12 +55,12 @@ class MasterWeights:
         """Move gradients left on the compute params (when hooks are off, e.g. under DDP)."""
         for p, master in self.pairs:
             if p.grad is not None:
-                master.grad.add_(p.grad)
+                self._accumulate(master, p.grad)
                 p.grad = None
 
     def zero_grad(self) -> None:
         for _, master in self.pairs:
-            master.grad.zero_()
+            master.grad = None
 
     @torch.no_grad()
     def push(self) -> None:

@@ -1,0 +1,229 @@
+"""Reward models at work: `alignkit score` (rewards for responses in a file) and `alignkit rm-eval`
+(accuracy on a preference set, overall, per file and per subset, with the length bias of the scores).
+
+rm-eval reads pair records (prompt / chosen / rejected, as for DPO) and LLMBar records
+(`{"input", "output_1", "output_2", "label"}`, where `label` names the better output). A pair
+counts as correct only when chosen scores strictly higher; ties are reported separately.
+Length bias: the Pearson correlation between each response's reward and its length in
+characters, and how often the higher-scored response is the longer one, beside how often the
+labels themselves prefer the longer one.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from alignkit.data.chat import tokenize_conversation
+from alignkit.data.errors import RecordError
+from alignkit.data.formats import to_conversation
+from alignkit.data.preference import PreferencePair, to_pair
+from alignkit.data.readers import DataSpec, Record, load_parsed, read_records
+
+
+@dataclass
+class EvalPair:
+    pair: PreferencePair
+    file: str
+    subset: str | None = None
+
+
+# ---------------------------------------------------------------- arithmetic (pure)
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson correlation; None when it is undefined (fewer than 2 points or a constant series)."""
+    n = len(xs)
+    if n != len(ys):
+        raise ValueError(f"pearson: {n} x values but {len(ys)} y values")
+    if n < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def summarize(chosen: Sequence[float], rejected: Sequence[float], chosen_len: Sequence[int],
+              rejected_len: Sequence[int]) -> dict:
+    """Accuracy and length-bias figures for one group of pairs (parallel lists, one entry a pair)."""
+    n = len(chosen)
+    if not n == len(rejected) == len(chosen_len) == len(rejected_len):
+        raise ValueError("summarize: chosen, rejected and both length lists must have one entry per pair")
+    if n == 0:
+        raise ValueError("summarize: no pairs")
+    correct = sum(c > r for c, r in zip(chosen, rejected))
+    ties = sum(c == r for c, r in zip(chosen, rejected))
+    unequal = [(c, r, lc, lr) for c, r, lc, lr in zip(chosen, rejected, chosen_len, rejected_len) if lc != lr]
+    # Among pairs of unequal length and untied scores: does the higher score go to the longer response?
+    decided = [(c, r, lc, lr) for c, r, lc, lr in unequal if c != r]
+    return {
+        "pairs": n,
+        "accuracy": correct / n,
+        "ties": ties,
+        "length_correlation": pearson(list(chosen) + list(rejected), list(chosen_len) + list(rejected_len)),
+        "prefers_longer": (sum((c > r) == (lc > lr) for c, r, lc, lr in decided) / len(decided)) if decided else None,
+        "labels_prefer_longer": (sum(lc > lr for _, _, lc, lr in unequal) / len(unequal)) if unequal else None,
+    }
+
+
+@dataclass
+class RMEvalResult:
+    overall: dict
+    per_file: dict[str, dict]
+    per_subset: dict[str, dict]
+    truncated: int = 0
+
+    def to_dict(self) -> dict:
+        return {"overall": self.overall, "per_file": self.per_file, "per_subset": self.per_subset,
+                "truncated": self.truncated}
+
+    def table(self) -> str:
+        rows = [("overall", self.overall)] + [(f"file {k}", v) for k, v in self.per_file.items()] \
+            + [(f"subset {k}", v) for k, v in self.per_subset.items()]
+        width = max(len(name) for name, _ in rows)
+        fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+        lines = [f"{'':<{width}}  pairs  accuracy  ties  len_corr  prefers_longer  labels_prefer_longer"]
+        for name, s in rows:
+            lines.append(f"{name:<{width}}  {s['pairs']:5d}  {s['accuracy']:8.3f}  {s['ties']:4d}  "
+                         f"{fmt(s['length_correlation']):>8}  {fmt(s['prefers_longer']):>14}  "
+                         f"{fmt(s['labels_prefer_longer']):>20}")
+        return "\n".join(lines)
+
+
+def group_summaries(items: Sequence[EvalPair], chosen: Sequence[float], rejected: Sequence[float]) -> RMEvalResult:
+    chosen_len = [response_chars(it.pair.chosen) for it in items]
+    rejected_len = [response_chars(it.pair.rejected) for it in items]
+
+    def groups(key) -> dict[str, dict]:
+        names = sorted({key(it) for it in items if key(it) is not None})
+        out = {}
+        for name in names:
+            idx = [i for i, it in enumerate(items) if key(it) == name]
+            out[name] = summarize([chosen[i] for i in idx], [rejected[i] for i in idx],
+                                  [chosen_len[i] for i in idx], [rejected_len[i] for i in idx])
+        return out
+
+    return RMEvalResult(summarize(chosen, rejected, chosen_len, rejected_len),
+                        groups(lambda it: it.file), groups(lambda it: it.subset))
+
+
+def response_chars(messages: list[dict]) -> int:
+    return sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+
+
+# ---------------------------------------------------------------- reading
+
+def to_eval_pair(data: dict) -> PreferencePair:
+    """A pair record, or an LLMBar record whose `label` (1 or 2) names the better output."""
+    if "output_1" in data or "output_2" in data:
+        label = data.get("label")
+        if isinstance(label, str) and label.strip() in ("1", "2"):
+            label = int(label)
+        if label not in (1, 2) or isinstance(label, bool):
+            raise RecordError("label", f"expected 1 or 2 (the better output), got {label!r}")
+        prompt = data.get("input")
+        if prompt is None:
+            raise RecordError("input", "missing")
+        better, worse = (data.get("output_1"), data.get("output_2"))[::1 if label == 1 else -1]
+        try:
+            return to_pair({"prompt": prompt, "chosen": better, "rejected": worse})
+        except RecordError as e:  # name the LLMBar field, not the internal one
+            names = {"prompt": "input", "chosen": f"output_{label}", "rejected": f"output_{3 - label}"}
+            raise RecordError(names.get(e.field.split(".")[0], e.field), e.reason) from None
+    return to_pair(data)
+
+
+def load_eval_pairs(sources: Any, *, skip_bad: bool = False) -> tuple[list[EvalPair], Any]:
+    def parse(record: Record, spec: DataSpec) -> list[EvalPair]:
+        pair = to_eval_pair(record.data)
+        pair.source, pair.line, pair.unit = record.path, record.line, record.unit
+        subset = record.data.get("subset")
+        return [EvalPair(pair, spec.path, str(subset) if subset is not None else None)]
+
+    return load_parsed(sources, parse, skip_bad=skip_bad)
+
+
+def conversation_ids(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], bool]:
+    """Token ids to score, cut from the left when too long (the reward is read at the end)."""
+    ids = tokenize_conversation(tokenizer, messages).input_ids
+    return (ids[-max_length:], True) if len(ids) > max_length else (ids, False)
+
+
+# ---------------------------------------------------------------- commands
+
+def rm_eval(model, tokenizer, sources: Any, *, batch_size: int = 8, max_length: int = 2048,
+            skip_bad: bool = False) -> RMEvalResult:
+    from alignkit.models.reward import score_sequences
+
+    items, _ = load_eval_pairs(sources, skip_bad=skip_bad)
+    sequences, truncated = [], 0
+    for it in items:
+        for response in (it.pair.chosen, it.pair.rejected):
+            ids, cut = conversation_ids(tokenizer, it.pair.prompt + response, max_length)
+            sequences.append(ids)
+            truncated += cut
+    scores = score_sequences(model, sequences, batch_size=batch_size)
+    result = group_summaries(items, scores[0::2], scores[1::2])
+    result.truncated = truncated
+    return result
+
+
+def _to_score(data: dict) -> list[list[dict]]:
+    """Conversations to score in one record: `response`/`responses` (as `alignkit generate` writes
+    them) after the record's prompt, or a whole conversation ending with an assistant turn."""
+    responses = data.get("responses") if data.get("responses") is not None else (
+        [data["response"]] if data.get("response") is not None else None)
+    if responses is None:
+        return [to_conversation(data)]
+    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+        raise RecordError("responses", "expected a list of strings")
+    prompt_source = {k: v for k, v in data.items() if k in ("messages", "prompt", "conversations", "instruction",
+                                                             "input", "system")}
+    if "messages" in prompt_source:
+        prompt_source.pop("prompt", None)  # generate writes both; messages is the whole prompt
+    prompt = to_conversation(prompt_source, require_assistant=False)
+    while prompt and prompt[-1]["role"] == "assistant":
+        prompt.pop()
+    return [prompt + [{"role": "assistant", "content": r}] for r in responses]
+
+
+def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int = 8,
+               max_length: int = 2048) -> tuple[int, int]:
+    """Write each input record with `reward` (and `rewards` when it has several responses) added.
+    Returns (records written, sequences cut from the left for length)."""
+    from alignkit.generation.files import write_jsonl_atomic
+    from alignkit.models.reward import score_sequences
+
+    records, sequences, truncated = [], [], 0
+    for record in read_records(in_path):
+        try:
+            convs = _to_score(record.data)
+            encoded = [conversation_ids(tokenizer, conv, max_length) for conv in convs]
+        except (RecordError, ValueError) as e:
+            if isinstance(e, RecordError):
+                raise e.located(record.path, record.line, record.unit) from None
+            raise RecordError("messages", str(e), path=record.path, line=record.line, unit=record.unit) from None
+        records.append((record, len(encoded)))
+        sequences += [ids for ids, _ in encoded]
+        truncated += sum(cut for _, cut in encoded)
+    scores = score_sequences(model, sequences, batch_size=batch_size)
+    rows, offset = [], 0
+    for record, count in records:
+        row = dict(record.data)
+        mine = scores[offset:offset + count]
+        offset += count
+        row["reward"] = mine[0]
+        if "responses" in row:
+            row["rewards"] = mine
+        rows.append(row)
+    write_jsonl_atomic(out_path, rows)
+    return len(rows), truncated
+
+
+def write_result(result: RMEvalResult, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result.to_dict(), f, indent=2)

@@ -1,0 +1,230 @@
+"""`alignkit pref`: load model and preference data, attach reference log-probs, train, save.
+
+One config for every preference loss: `loss=` picks the objective (pairwise, ranking, KTO or
+control-token SFT), the other top-level keys are that loss's hyperparameters (see
+`PrefLossConfig`), and the model / data / train sections are as in SFT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from functools import partial
+
+from alignkit.config import save_config, to_dict
+from alignkit.data.control import ControlConfig, load_control
+from alignkit.data.mixing import load_mix
+from alignkit.data.preference import PAIR_RULES, load_feedback, load_pairs, load_rankings
+from alignkit.data.readers import DataSpec
+from alignkit.models.config import ModelConfig
+from alignkit.training.config import TrainConfig
+from alignkit.training.loop import TrainResult, train
+from alignkit.training.preference import (PAIR_LOSSES, RANKING_LOSSES, PairwiseObjective, PrefExample,
+                                          PrefLossConfig, RankingObjective, build_examples, pair_items, ranking_items)
+from alignkit.training.reference import LiveReference, attach_reference
+
+
+@dataclass
+class PrefDataConfig:
+    train: list[DataSpec] = field(default_factory=list)  # preference files (pairs, rankings or feedback)
+    eval: list[DataSpec] = field(default_factory=list)  # held-out preference files (metrics only)
+    eval_fraction: float = 0.0  # held out from train when no eval set is given
+    max_length: int = 1024  # tokens of prompt + response; longer ones follow `overlong`
+    overlong: str = "truncate"  # truncate: cut the response's end | drop: drop the whole example (both reported)
+    skip_bad: bool = False  # skip and report bad records instead of stopping at the first
+    pair_rule: str = "all_pairs"  # rankings to pairs: all_pairs | best_vs_rest | best_vs_worst | margin
+    pair_threshold: float = 0.0  # pair_rule=margin: keep pairs whose score difference is above this
+    mix_total: int = 0  # size of the weighted mix; 0: largest without repeating any dataset
+
+    def check(self) -> None:
+        if not self.train:
+            raise ValueError("data.train lists no dataset")
+        if self.pair_rule not in PAIR_RULES:
+            raise ValueError(f"data.pair_rule must be one of {PAIR_RULES}, not {self.pair_rule!r}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class PrefConfig(PrefLossConfig):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: PrefDataConfig = field(default_factory=PrefDataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6))  # TRL DPOConfig default lr
+    control: ControlConfig = field(default_factory=ControlConfig)  # loss=control only
+    merge_lora: bool = True  # with LoRA, also write the merged model to final/ (the adapter goes to final/adapter)
+
+    def check(self) -> None:
+        super().check()
+        self.data.check()
+        if self.loss == "control":
+            self.control.check()
+        if self.loss == "kto" and self.train.batch_size < 2:
+            raise ValueError("loss=kto needs train.batch_size >= 2: its KL baseline is a mean over the micro-batch")
+
+
+def _split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
+    if fraction <= 0:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:max(1, int(len(order) * fraction))])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def data_kind(loss: str) -> str:
+    """What a loss trains on: rankings (kept whole), feedback (KTO) or pairs (everything else)."""
+    return "rankings" if loss in RANKING_LOSSES else "feedback" if loss == "kto" else "pairs"
+
+
+def _load_items(data: PrefDataConfig, kind: str, specs, seed: int, *, mixed: bool):
+    """(build_examples items, skip report, mix summary or None) for one kind of data."""
+    if kind == "rankings":
+        load, to_items = partial(load_rankings, skip_bad=data.skip_bad), ranking_items
+    elif kind == "feedback":
+        from alignkit.training.kto import feedback_items
+
+        load, to_items = partial(load_feedback, skip_bad=data.skip_bad), feedback_items
+    else:
+        load = partial(load_pairs, rule=data.pair_rule, threshold=data.pair_threshold, skip_bad=data.skip_bad)
+        to_items = pair_items
+    if mixed:
+        records, skips, mix = load_mix(specs, load, seed=seed, total=data.mix_total or None)
+        return to_items(records), skips, mix
+    records, skips = load(specs)
+    return to_items(records), skips, None
+
+
+def load_pref_data(data: PrefDataConfig, tokenizer, *, kind: str = "pairs",
+                   seed: int = 0) -> tuple[list[PrefExample], list[PrefExample], dict]:
+    """(train examples, eval examples, report dict); `kind` is pairs, rankings or feedback (see data_kind)."""
+    data.check()
+    build = partial(build_examples, tokenizer=tokenizer, max_length=data.max_length, overlong=data.overlong,
+                    skip_bad=data.skip_bad)
+    items, skips, mix = _load_items(data, kind, data.train, seed, mixed=True)
+    train_examples, lengths = build(items, report=skips)
+    eval_examples: list[PrefExample] = []
+    if data.eval:
+        eval_items, eval_skips, _ = _load_items(data, kind, data.eval, seed, mixed=False)
+        eval_examples, eval_lengths = build(eval_items, report=eval_skips)
+        skips.merge(eval_skips)
+        lengths.truncated += eval_lengths.truncated
+        lengths.dropped += eval_lengths.dropped
+        lengths.dropped_where += eval_lengths.dropped_where
+    else:
+        train_examples, eval_examples = _split_eval(train_examples, data.eval_fraction, seed)
+    if not train_examples:
+        raise ValueError("no training example left after filtering: " + lengths.summary())
+    print(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples; {skips.summary()}; "
+          f"{lengths.summary()}", flush=True)
+    report = {"records": skips.to_dict(), "length": lengths.to_dict(), "mix": mix.to_dict(),
+              "train_examples": len(train_examples), "eval_examples": len(eval_examples)}
+    return train_examples, eval_examples, report
+
+
+def load_control_data(cfg: PrefConfig, tokenizer, *, seed: int) -> tuple[list, list, dict]:
+    """SFT examples with control text in the prompt (loss=control)."""
+    from alignkit.data.sft import build_sft_examples
+
+    data = cfg.data
+    load = partial(load_control, cfg=cfg.control, skip_bad=data.skip_bad)
+    convs, skips, mix = load_mix(data.train, load, seed=seed, total=data.mix_total or None)
+    # last_assistant: earlier assistant turns are prompt context, only the response is learnt.
+    build = partial(build_sft_examples, tokenizer=tokenizer, max_length=data.max_length, overlong=data.overlong,
+                    train_on="last_assistant", skip_bad=data.skip_bad, report=skips)
+    train_examples, lengths = build(convs)
+    if data.eval:
+        eval_convs, eval_skips = load(data.eval)
+        skips.merge(eval_skips)
+        eval_examples, _ = build(eval_convs)
+    else:
+        train_examples, eval_examples = _split_eval(train_examples, data.eval_fraction, seed)
+    if not train_examples:
+        raise ValueError("no training example left after filtering: " + lengths.summary())
+    print(f"data: {len(train_examples)} train / {len(eval_examples)} eval conversations; {skips.summary()}; "
+          f"{lengths.summary()}", flush=True)
+    return train_examples, eval_examples, {"records": skips.to_dict(), "length": lengths.to_dict(),
+                                           "mix": mix.to_dict(), "train_examples": len(train_examples),
+                                           "eval_examples": len(eval_examples)}
+
+
+def make_objective(cfg: PrefLossConfig, live: LiveReference | None = None):
+    if cfg.loss in PAIR_LOSSES:
+        return PairwiseObjective(cfg, live)
+    if cfg.loss in RANKING_LOSSES:
+        return RankingObjective(cfg)
+    if cfg.loss == "kto":
+        from alignkit.training.kto import KTOObjective
+
+        return KTOObjective(cfg, live)
+    from alignkit.training.sft import SFTObjective
+
+    return SFTObjective()
+
+
+def prepare_reference(cfg: PrefConfig, model, tokenizer, examples: list[PrefExample]) -> LiveReference | None:
+    """Attach cached reference log-probs (precomputed) or return the per-step reference (live)."""
+    if not cfg.needs_reference:
+        return None
+    if cfg.reference == "live":
+        return LiveReference(model, cfg.train.precision)
+    report = attach_reference(model, examples, model_id=cfg.model.name, template=tokenizer.chat_template or "",
+                              max_length=cfg.data.max_length, cache_dir=cfg.reference_cache,
+                              batch_size=cfg.reference_batch_size, precision=cfg.train.precision)
+    print(report.summary(), flush=True)
+    return None
+
+
+def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
+    """Train with the configured preference loss; the final model goes to output_dir/final (HF layout)."""
+    from alignkit.models.loading import load_model, load_tokenizer
+    from alignkit.models.lora import apply_lora, merge_lora
+
+    cfg.check()
+    out = cfg.train.output_dir
+    os.makedirs(out, exist_ok=True)
+    save_config(cfg, os.path.join(out, "config.yaml"))
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.name)
+    # Data first: a bad record fails in seconds, before the model is loaded.
+    if cfg.loss == "control":
+        train_examples, eval_examples, report = load_control_data(cfg, tokenizer, seed=cfg.train.seed)
+    else:
+        train_examples, eval_examples, report = load_pref_data(cfg.data, tokenizer, kind=data_kind(cfg.loss),
+                                                               seed=cfg.train.seed)
+    with open(os.path.join(out, "data_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    if model is None:
+        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    # An adapter from an earlier stage is folded in: it is part of the starting (and reference) model.
+    model = merge_lora(model)
+    if cfg.model.lora.enabled:
+        model = apply_lora(model, cfg.model.lora)
+    live = None if cfg.loss == "control" else prepare_reference(cfg, model, tokenizer, train_examples + eval_examples)
+    result = train(model, make_objective(cfg, live), train_examples, cfg.train, eval_examples=eval_examples,
+                   config_dict=to_dict(cfg), on_step=on_step)
+    save_final(model, tokenizer, out, lora=cfg.model.lora.enabled, merge=cfg.merge_lora)
+    write_summary(result, out)
+    return result
+
+
+def save_final(model, tokenizer, out: str, *, lora: bool, merge: bool) -> None:
+    from alignkit.models.lora import save_model
+
+    final = os.path.join(out, "final")
+    tmp = final + ".tmp"
+    if lora:
+        model.save_pretrained(os.path.join(tmp, "adapter"))
+    save_model(model, tokenizer, tmp, merge=merge or not lora)
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def write_summary(result: TrainResult, out: str) -> None:
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
+                   "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+                   "final": result.history[-1] if result.history else None,
+                   "eval": result.eval_history[-1] if result.eval_history else None}, f, indent=2)
