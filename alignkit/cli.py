@@ -1,5 +1,6 @@
 """`alignkit <command>`: a thin layer over the Python API. Each command parses its arguments,
-calls one function, and turns the project's known errors into a one-line message and exit code 2."""
+calls one function, and turns the project's known errors into a one-line message and exit code 2
+(set ALIGNKIT_DEBUG=1 for the traceback)."""
 from __future__ import annotations
 
 import argparse
@@ -211,6 +212,176 @@ def add_preference_commands(sub) -> None:
     p.set_defaults(func=cmd_rm_eval)
 
 
+# ---- evaluation: judges, win rates, grading, leaderboards, meta-evaluation, reports, serving ----
+
+JUDGE_SPEC_HELP = ("judge backend: 'embedded', a model folder or hub id (loaded here), "
+                   "'openai:<model>@<base_url>' (any OpenAI-compatible server; key from --judge-api-key-env), "
+                   "'openai:<model>' (URL from --judge-base-url or OPENAI_BASE_URL) or 'vllm:<path>'")
+
+
+def _judge_args(p: argparse.ArgumentParser, strategy: bool = True) -> None:
+    g = p.add_argument_group("judge")
+    g.add_argument("--judge", default="embedded", help=JUDGE_SPEC_HELP)
+    if strategy:
+        g.add_argument("--strategy", default="plain",
+                       help="plain, or a '+'-joined set of rules, cot, metrics, reference, swap (e.g. rules+cot)")
+        g.add_argument("--single-order", action="store_true",
+                       help="judge each pair in one order only (default: both orders, reported separately)")
+        g.add_argument("--allow-tie", action="store_true", help="offer the judge 'Verdict: tie'")
+        g.add_argument("--use-logprobs", action="store_true",
+                       help="read the verdict from the judge's top log-probabilities (verdict-only strategies)")
+    g.add_argument("--judge-max-tokens", type=int, default=None,
+                   help="cap on each judge reply (default 32 for verdict-only replies, 512 with cot/swap and grading)")
+    g.add_argument("--aux-max-tokens", type=int, default=256, help="cap on generated metrics / reference answers")
+    g.add_argument("--judge-temperature", type=float, default=0.0)
+    g.add_argument("--judge-seed", type=int, default=None)
+    g.add_argument("--parse-retries", type=int, default=0, help="re-ask a judge whose reply cannot be parsed")
+    g.add_argument("--judge-batch-size", type=int, default=16, help="judge prompts per backend call")
+    g.add_argument("--cache", default=None, help="SQLite judge cache (default: OUT/judge_cache.sqlite)")
+    g.add_argument("--judge-base-url", default=None, help="base URL for 'openai:<model>' specs without '@<url>'")
+    g.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    g.add_argument("--judge-concurrency", type=int, default=8, help="HTTP requests in flight at once")
+    g.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per HTTP request")
+    g.add_argument("--judge-retries", type=int, default=5, help="retries on 429, 5xx, timeouts")
+    g.add_argument("--judge-dtype", default="fp32", choices=["fp32", "bf16"], help="weights of a local judge")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _judge_options(a):
+    from alignkit.evaluation.backends import BackendOptions
+    from alignkit.evaluation.commands import JudgeOptions
+
+    backend = BackendOptions(base_url=a.judge_base_url, api_key_env=a.judge_api_key_env,
+                             max_concurrency=a.judge_concurrency, timeout=a.judge_timeout,
+                             max_retries=a.judge_retries, dtype=a.judge_dtype, batch_size=a.judge_batch_size)
+    return JudgeOptions(spec=a.judge, strategy=getattr(a, "strategy", "plain"), max_tokens=a.judge_max_tokens,
+                        aux_max_tokens=a.aux_max_tokens, temperature=a.judge_temperature, seed=a.judge_seed,
+                        both_orders=not getattr(a, "single_order", False), allow_tie=getattr(a, "allow_tie", False),
+                        parse_retries=a.parse_retries, use_logprobs=getattr(a, "use_logprobs", False),
+                        batch_size=a.judge_batch_size, cache=a.cache, progress=not a.no_progress, backend=backend)
+
+
+def cmd_eval_pairwise(a) -> None:
+    from alignkit.evaluation.commands import eval_pairwise
+
+    eval_pairwise(a.outputs, a.reference, a.out, _judge_options(a), model=a.model_name,
+                  reference_model=a.reference_name, limit=a.limit, report=a.report)
+
+
+def cmd_eval_grade(a) -> None:
+    from alignkit.evaluation.commands import eval_grade
+
+    turns = [int(t) for t in a.turns.split(",")] if a.turns else None
+    eval_grade(a.out, _judge_options(a), questions=a.questions, answers=a.answers, items=a.items, rubric=a.rubric,
+               turns=turns, model=a.model_name, limit=a.limit, use_reference=not a.no_reference, report=a.report)
+
+
+def cmd_leaderboard(a) -> None:
+    from alignkit.evaluation.commands import leaderboard
+
+    leaderboard(a.out, battles=a.battles, outputs=a.outputs or (), judge=_judge_options(a), limit=a.limit,
+                anchor=a.anchor, n_bootstrap=a.bootstrap, seed=a.seed, report=a.report)
+
+
+def cmd_meta_eval(a) -> None:
+    from alignkit.evaluation.commands import run_meta_eval
+
+    strategies = [s for s in a.strategies.split(",") if s.strip()] if a.strategies else []
+    judge = _judge_options(a) if strategies else None
+    run_meta_eval(a.pairs, a.out, judge, strategies=strategies, predictions=a.predictions or (), limit=a.limit,
+                  report=a.report)
+
+
+def cmd_report(a) -> None:
+    from alignkit.evaluation.commands import build_report
+
+    build_report(a.results, a.out, a.title)
+
+
+def cmd_serve(a) -> None:
+    from alignkit.evaluation.backends import BackendOptions
+    from alignkit.evaluation.commands import serve_model
+
+    serve_model(a.model, host=a.host, port=a.port, name=a.name,
+                options=BackendOptions(dtype=a.dtype, batch_size=a.batch_size, device=a.device),
+                default_max_tokens=a.default_max_tokens)
+
+
+def add_evaluation_commands(sub, ev) -> None:
+    """`eval pairwise`, `eval grade`, `leaderboard`, `meta-eval`, `report` and `serve`."""
+    p = ev.add_parser("pairwise", help="win rate of a model's outputs against a reference's, judged pairwise")
+    p.add_argument("--outputs", required=True, help="model outputs JSONL: {prompt|instruction, response|output, id?}")
+    p.add_argument("--reference", required=True, help="reference outputs JSONL, same items (matched by id or prompt)")
+    p.add_argument("--out", default="runs/eval-pairwise", help="run folder: results.json, judgments.jsonl, cache")
+    p.add_argument("--model-name", help="default: the records' model field or the file name")
+    p.add_argument("--reference-name")
+    p.add_argument("--limit", type=int, default=0, help="judge only the first N items (0: all)")
+    p.add_argument("--report", action="store_true", help="also write report.html and report.json")
+    _judge_args(p)
+    p.set_defaults(func=cmd_eval_pairwise)
+
+    p = ev.add_parser("grade", help="single-answer grading 1-10 per category (MT-Bench), or rubric grading 1-5")
+    p.add_argument("--questions", help="MT-Bench style question.jsonl")
+    p.add_argument("--answers", help="JSONL {question_id, turns} or FastChat {question_id, choices: [{turns}]}")
+    p.add_argument("--rubric", help="rubric mode: a text file with the rubric (turn 1 of each question, or --items)")
+    p.add_argument("--items", help="rubric mode: JSONL {id, instruction, response, rubric?, reference?, category?}")
+    p.add_argument("--turns", help="comma-separated turns to grade, e.g. 1 or 1,2 (default: all)")
+    p.add_argument("--no-reference", action="store_true", help="do not show the judge reference answers")
+    p.add_argument("--model-name", help="default: the answers file name")
+    p.add_argument("--out", default="runs/eval-grade")
+    p.add_argument("--limit", type=int, default=0, help="grade only the first N questions/items (0: all)")
+    p.add_argument("--report", action="store_true", help="also write report.html and report.json")
+    _judge_args(p, strategy=False)
+    p.set_defaults(func=cmd_eval_grade)
+
+    p = sub.add_parser("leaderboard", help="Bradley-Terry ratings with bootstrap CIs from battles, or by judging "
+                                           "several models' outputs pairwise")
+    p.add_argument("--battles", help="JSONL {model_a, model_b, winner: a|b|tie} (e.g. battles.jsonl of eval pairwise)")
+    p.add_argument("--outputs", nargs="+", help="two or more model output files answering the same items")
+    p.add_argument("--anchor", help="model pinned at rating 1000 (default: alphabetically first)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=0, help="with --outputs: judge only the first N items (0: all)")
+    p.add_argument("--out", default="runs/leaderboard")
+    p.add_argument("--report", action="store_true", help="also write report.html and report.json")
+    _judge_args(p)
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("meta-eval", help="how good is a judge: accuracy on gold-labelled pairs (LLMBar format) per "
+                                         "order, positional agreement and failure rate, per strategy and file")
+    p.add_argument("--pairs", nargs="+", required=True, help="LLMBar JSON files (input, output_1, output_2, label)")
+    p.add_argument("--strategies", default=None,
+                   help="comma-separated judge strategies, e.g. plain,rules,cot,metrics,reference,swap,rules+metrics")
+    p.add_argument("--predictions", nargs="+", help="verdict files produced elsewhere: JSONL {id, order?, verdict}")
+    p.add_argument("--limit", type=int, default=0, help="the first N pairs of each file (0: all)")
+    p.add_argument("--out", default="runs/meta-eval")
+    p.add_argument("--report", action="store_true", help="also write report.html and report.json")
+    _judge_args(p, strategy=False)
+    p.add_argument("--single-order", action="store_true", help="judge ab only (default: both orders)")
+    p.add_argument("--allow-tie", action="store_true", help="offer the judge 'Verdict: tie' (counts as wrong)")
+    p.add_argument("--use-logprobs", action="store_true", help="verdict from top log-probabilities")
+    p.set_defaults(func=cmd_meta_eval)
+
+    p = sub.add_parser("report", help="one self-contained HTML report (+ JSON) from results files")
+    p.add_argument("--results", nargs="+", required=True,
+                   help="results.json of eval/leaderboard/meta-eval runs, report.json files, or eval ifeval --out files")
+    p.add_argument("--out", required=True, help="folder for report.html and report.json")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible API (/v1/chat/completions, "
+                                     "/v1/completions, /v1/models)")
+    p.add_argument("--model", default="embedded", help="embedded, a model folder, a .gguf file or a hub id")
+    p.add_argument("--name", help="model name clients send (default: the --model value)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (requests are merged)")
+    p.add_argument("--default-max-tokens", type=int, default=512, help="when a request sets no max_tokens")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--device", default=None, help="e.g. cuda; default: where the model loads")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write every number as JSON here")
     _sampling_args(p)
     p.set_defaults(func=cmd_eval_ifeval)
+    add_evaluation_commands(sub, ev)
 
     add_preference_commands(sub)
     return parser
@@ -268,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
+        if os.environ.get("ALIGNKIT_DEBUG"):
+            raise
         print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
