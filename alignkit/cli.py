@@ -64,7 +64,8 @@ def cmd_prepare(a) -> None:
 def cmd_demo(a) -> None:
     from alignkit.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out_dir=a.out, sft_steps=a.sft_steps, heldout_limit=a.heldout_limit))
+    run_demo(DemoConfig(out_dir=a.out, sft_steps=a.sft_steps, dpo_steps=a.dpo_steps, heldout_limit=a.heldout_limit,
+                        judge_pairs=a.judge_pairs))
 
 
 def cmd_eval_ifeval(a) -> None:
@@ -413,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the pipeline demo on the embedded model")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--sft-steps", type=int, default=120)
+    p.add_argument("--dpo-steps", type=int, default=30)
     p.add_argument("--heldout-limit", type=int, default=0, help="answer only the first N held-out prompts (0: all)")
+    p.add_argument("--judge-pairs", type=int, default=40, help="held-out prompts judged pairwise per stage")
     p.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True)

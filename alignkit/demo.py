@@ -1,8 +1,9 @@
-"""The pipeline demo on the embedded model: held-out prompts answered before and after training.
+"""The pipeline demo on the embedded model: SFT, then DPO, then evaluation, on held-out prompts.
 
 The demo teaches a verifiable behaviour (answer in the format the user asks for: a JSON object,
-capital letters, or a fixed closing phrase) with the project's own instruction data, so the
-before/after figure is a measured fraction of held-out prompts, not an impression.
+capital letters, or a fixed closing phrase) with the project's own instruction and preference
+data, so each stage's figure is a measured fraction of held-out prompts, not an impression.
+The evaluation stage adds pairwise judgments through the judge machinery and an HTML report.
 """
 from __future__ import annotations
 
@@ -24,8 +25,12 @@ class DemoConfig:
     sft_steps: int = 120
     batch_size: int = 8
     lr: float = 1e-4
+    dpo_steps: int = 30
+    dpo_lr: float = 2e-5
+    dpo_beta: float = 0.1
     max_new_tokens: int = 48
     heldout_limit: int = 0
+    judge_pairs: int = 40  # held-out prompts judged pairwise per stage (both orders)
 
 
 def follows_format(fmt: str, response: str) -> bool:
@@ -74,50 +79,78 @@ def answer(model, tokenizer, rows: list[dict], max_new_tokens: int, desc: str) -
 
 def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.data.readers import DataSpec
+    from alignkit.evaluation.demo_stage import evaluate_stages
+    from alignkit.models.config import ModelConfig
     from alignkit.models.loading import load_model
     from alignkit.training.config import TrainConfig
+    from alignkit.training.pref_run import PrefConfig, PrefDataConfig, run_pref
     from alignkit.training.sft import SFTConfig, SFTDataConfig, run_sft
-    from alignkit.models.config import ModelConfig
 
     t0 = time.perf_counter()
     os.makedirs(cfg.out_dir, exist_ok=True)
     model, tok = load_model(cfg.model)
     rows = load_heldout(cfg.heldout_limit)
+    responses: dict[str, list[str]] = {}
     print(f"[demo] {len(rows)} held-out prompts; answering with the base model", flush=True)
-    before = answer(model, tok, rows, cfg.max_new_tokens, "before")
+    responses["base"] = answer(model, tok, rows, cfg.max_new_tokens, "base")
 
     print(f"[demo] SFT: {cfg.sft_steps} steps on {DEMO_DATA / 'sft_train.jsonl'}", flush=True)
-    sft_cfg = SFTConfig(
+    sft = run_sft(SFTConfig(
         model=ModelConfig(name=cfg.model),
         data=SFTDataConfig(train=[DataSpec(str(DEMO_DATA / "sft_train.jsonl"))], max_length=256),
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "sft"), max_steps=cfg.sft_steps,
                           batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10, precision="bf16",
-                          resume="none", seed=0))
-    result = run_sft(sft_cfg, model=model, tokenizer=tok)
-    after = answer(model, tok, rows, cfg.max_new_tokens, "after SFT")
+                          resume="none", seed=0)), model=model, tokenizer=tok)
+    responses["sft"] = answer(model, tok, rows, cfg.max_new_tokens, "after SFT")
 
-    results = {"before": score(rows, before), "after_sft": score(rows, after),
-               "sft": {"steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 1),
-                       "first_loss": result.history[0]["loss"], "final_loss": result.history[-1]["loss"]},
-               "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"[demo] DPO: {cfg.dpo_steps} steps on {DEMO_DATA / 'pref_train.jsonl'}", flush=True)
+    dpo = run_pref(PrefConfig(
+        loss="dpo", beta=cfg.dpo_beta, model=ModelConfig(name=cfg.model),
+        # only the pairs the steps will visit, so the reference pass computes nothing unused
+        data=PrefDataConfig(train=[DataSpec(str(DEMO_DATA / "pref_train.jsonl"))], max_length=128,
+                            mix_total=cfg.dpo_steps * cfg.batch_size),
+        train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "dpo"), max_steps=cfg.dpo_steps,
+                          batch_size=cfg.batch_size, lr=cfg.dpo_lr, warmup_steps=5, precision="bf16",
+                          resume="none", seed=0)), model=model, tokenizer=tok)
+    responses["dpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after DPO")
+
+    results = {stage: score(rows, resp) for stage, resp in responses.items()}
+    results["training"] = {name: _summary(r) for name, r in (("sft", sft), ("dpo", dpo))}
     with open(os.path.join(cfg.out_dir, "responses.jsonl"), "w") as f:
-        for row, b, a in zip(rows, before, after):
+        for i, row in enumerate(rows):
             f.write(json.dumps({"prompt": row["messages"][0]["content"], "format": row["format"],
-                                "before": b, "after_sft": a}) + "\n")
+                                **{stage: resp[i] for stage, resp in responses.items()}}) + "\n")
+
+    print("[demo] evaluation: verifiable checks, pairwise judgments against the base model, HTML report", flush=True)
+    # the judge is the embedded model itself: near chance at 135M, but it exercises the whole machinery
+    results["evaluation"] = evaluate_stages(responses, rows, None, os.path.join(cfg.out_dir, "evaluation"),
+                                            max_pairs=cfg.judge_pairs)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     _print_table(results)
     return results
 
 
+def _summary(result) -> dict:
+    return {"steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 1),
+            "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
+            "first_loss": result.history[0]["loss"], "final_loss": result.history[-1]["loss"]}
+
+
 def _print_table(results: dict) -> None:
-    stages = [k for k in ("before", "after_sft") if k in results]
+    stages = [k for k in ("base", "sft", "dpo") if k in results]
+    formats = list(results["base"]["per_format"])
     print("\n[demo] held-out prompts following the requested format")
-    print(f"{'stage':<12}{'overall':>9}" + "".join(f"{f:>9}" for f in results["before"]["per_format"]) + f"{'answer':>9}")
+    print(f"{'stage':<8}{'overall':>9}" + "".join(f"{f:>9}" for f in formats) + f"{'answer':>9}")
     for s in stages:
         r = results[s]
-        print(f"{s:<12}{r['format_following']:>9.2f}" + "".join(f"{v:>9.2f}" for v in r["per_format"].values())
+        print(f"{s:<8}{r['format_following']:>9.2f}" + "".join(f"{r['per_format'][f]:>9.2f}" for f in formats)
               + f"{r['answer_mentioned']:>9.2f}")
-    print(f"[demo] SFT {results['sft']['steps']} steps, loss {results['sft']['first_loss']:.3f} -> "
-          f"{results['sft']['final_loss']:.3f}, {results['sft']['tokens'] / max(results['sft']['seconds'], 1e-9):.0f} tok/s; "
-          f"total {results['seconds']:.0f} s")
+    for name, t in results["training"].items():
+        print(f"[demo] {name}: {t['steps']} steps, loss {t['first_loss']:.3f} -> {t['final_loss']:.3f}, "
+              f"{t['tokens_per_s']:.0f} tok/s")
+    report = results.get("evaluation", {}).get("report")
+    if report:
+        print(f"[demo] report: {report}")
+    print(f"[demo] total {results['seconds']:.0f} s")
