@@ -272,7 +272,10 @@ def cmd_eval_pairwise(a) -> None:
 def cmd_eval_grade(a) -> None:
     from alignkit.evaluation.commands import eval_grade
 
-    turns = [int(t) for t in a.turns.split(",")] if a.turns else None
+    try:
+        turns = [int(t) for t in a.turns.split(",")] if a.turns else None
+    except ValueError:
+        raise ValueError(f"--turns must be comma-separated turn numbers such as 1 or 1,2; got {a.turns!r}") from None
     eval_grade(a.out, _judge_options(a), questions=a.questions, answers=a.answers, items=a.items, rubric=a.rubric,
                turns=turns, model=a.model_name, limit=a.limit, use_reference=not a.no_reference, report=a.report)
 
@@ -416,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sft-steps", type=int, default=120)
     p.add_argument("--dpo-steps", type=int, default=30)
     p.add_argument("--heldout-limit", type=int, default=0, help="answer only the first N held-out prompts (0: all)")
-    p.add_argument("--judge-pairs", type=int, default=40, help="held-out prompts judged pairwise per stage")
+    p.add_argument("--judge-pairs", type=int, default=24, help="held-out prompts judged pairwise per stage")
     p.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True)

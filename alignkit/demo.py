@@ -30,7 +30,7 @@ class DemoConfig:
     dpo_beta: float = 0.1
     max_new_tokens: int = 48
     heldout_limit: int = 0
-    judge_pairs: int = 40  # held-out prompts judged pairwise per stage (both orders)
+    judge_pairs: int = 24  # held-out prompts judged pairwise per stage (both orders)
 
 
 def follows_format(fmt: str, response: str) -> bool:

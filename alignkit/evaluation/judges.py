@@ -311,12 +311,14 @@ def _decide_disagreements(backend: Backend, pairs: list[PairItem], judged: dict[
             continue  # its metrics/reference generation failed
         both = {order: judged[(index, order)] for order in ORDERS}
         broken = [order for order in ORDERS if both[order].verdict is None]
+        # Read before the loop below overwrites it, or the second order would quote the first's new message.
+        reason = f"swap: order {broken[0]} judgment failed: {both[broken[0]].failure}" if broken else None
         for order in config.orders:
             result = both[order]
             if broken:
                 # Deciding needs both judgments; one order alone is exactly what swap exists to avoid.
                 result.verdict = None
-                result.failure = f"swap: order {broken[0]} judgment failed: {both[broken[0]].failure}"
+                result.failure = reason
             elif both["ab"].verdict != both["ba"].verdict:
                 other = "ba" if order == "ab" else "ab"
                 jobs.append((index, order))

@@ -1,0 +1,166 @@
+"""Build a generation `Backend` (usually a judge) from a spec string given on the command line.
+
+    embedded | <model folder> | <file>.gguf | <hub id>   LocalBackend, the model loaded in this process
+    openai:<model>@<base_url>                           OpenAIBackend against any OpenAI-compatible server
+    openai:<model>                                      the same, URL from options.base_url or OPENAI_BASE_URL
+    vllm:<model path>                                   VLLMBackend (needs vLLM and a GPU)
+
+`open_backend` also wraps the result in the SQLite `CachedBackend` when given a cache path, and
+`ProgressBackend` shows a progress bar of prompts answered, since a judge run can take minutes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from alignkit.evaluation.cache import CachedBackend
+from alignkit.generation.backend import Backend, Completion, Message, SamplingParams
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    kind: str  # "local" | "openai" | "vllm"
+    model: str  # local spec, served model name, or vLLM model path
+    base_url: str | None = None  # openai only
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    base_url: str | None = None  # for "openai:<model>" without "@<url>"
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (never a command-line flag)
+    max_concurrency: int = 8  # requests in flight at once (openai)
+    timeout: float = 60.0  # seconds per HTTP request (openai)
+    max_retries: int = 5  # on 429, 5xx, timeouts and connection errors (openai)
+    dtype: str = "fp32"  # local weights: fp32 or bf16
+    batch_size: int = 8  # prompts per forward pass (local)
+    device: str | None = None  # local: "cuda", "cpu", ...; None keeps where the model loads
+
+
+def parse_backend_spec(spec: str) -> BackendSpec:
+    """Split a spec string into its kind and parts; raises ValueError naming what is missing."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError("backend spec is empty; use 'embedded', a model folder, 'openai:<model>@<url>' "
+                         "or 'vllm:<path>'")
+    spec = spec.strip()
+    if spec.startswith("openai:"):
+        # The model name comes first: a URL may itself hold '@' (user:password@host), a model name does not.
+        model, at, base_url = spec[len("openai:"):].partition("@")
+        if not model:
+            raise ValueError(f"backend spec {spec!r}: no model name after 'openai:' (use openai:<model>@<url>)")
+        if at and not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"backend spec {spec!r}: the part after '@' must be an http(s) URL, got {base_url!r}")
+        return BackendSpec("openai", model, base_url or None)
+    if spec.startswith("vllm:"):
+        path = spec[len("vllm:"):]
+        if not path:
+            raise ValueError(f"backend spec {spec!r}: no model path after 'vllm:'")
+        return BackendSpec("vllm", path)
+    return BackendSpec("local", spec)
+
+
+def local_model_id(spec: str) -> str:
+    """A cache-safe id for a local model: the spec plus a fingerprint of its weight files.
+
+    Cache keys start with the model id, so two trainings written to the same folder must not share
+    one; size and modification time of the weight files change whenever the weights are rewritten.
+    """
+    from alignkit.models.loading import EMBEDDED_ALIASES, EMBEDDED_NAME, resolve_spec
+
+    if spec.lower() in EMBEDDED_ALIASES:
+        return f"embedded:{EMBEDDED_NAME}"
+    kind, where = resolve_spec(spec)
+    if kind == "hub":
+        return spec
+    files = [Path(where)] if Path(where).is_file() else sorted(
+        p for p in Path(where).rglob("*") if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    stamp = hashlib.sha256(repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode())
+    return f"{spec}#{stamp.hexdigest()[:12]}"
+
+
+def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Backend:
+    """The backend a spec names, without cache or progress wrappers."""
+    parsed = parse_backend_spec(spec)
+    if parsed.kind == "openai":
+        from alignkit.generation.openai_backend import OpenAIBackend
+
+        base_url = parsed.base_url or options.base_url or os.environ.get("OPENAI_BASE_URL")
+        return OpenAIBackend(base_url=base_url, api_key=os.environ.get(options.api_key_env), model=parsed.model,
+                             max_concurrency=options.max_concurrency, timeout=options.timeout,
+                             max_retries=options.max_retries)
+    if parsed.kind == "vllm":
+        from alignkit.generation.vllm_backend import VLLMBackend
+
+        return VLLMBackend(parsed.model, dtype="bfloat16" if options.dtype == "bf16" else "auto")
+    from alignkit.generation.local import LocalBackend
+    from alignkit.models.loading import load_model
+
+    model, tokenizer = load_model(parsed.model, dtype=options.dtype)
+    return LocalBackend(model, tokenizer, batch_size=options.batch_size, model_id=local_model_id(parsed.model),
+                        device=options.device)
+
+
+class ProgressBackend:
+    """Counts prompts on a progress bar as they come back; everything else goes to the wrapped backend."""
+
+    def __init__(self, backend: Backend, desc: str = "judging", enabled: bool = True):
+        self.backend = backend
+        self.model_id = backend.model_id
+        self.bar = tqdm(desc=desc, unit="prompt", disable=not enabled)
+
+    def chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+        results = self.backend.chat(conversations, params)
+        self.bar.update(len(conversations))
+        return results
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        results = self.backend.complete(prompts, params)
+        self.bar.update(len(prompts))
+        return results
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def open_backend(spec: str, options: BackendOptions = BackendOptions(), *, cache: str | os.PathLike | None = None,
+                 progress: bool = True, desc: str = "judging") -> ProgressBackend:
+    """`build_backend`, behind the SQLite cache when `cache` is given, behind a progress bar."""
+    backend = build_backend(spec, options)
+    if cache is not None:
+        backend = CachedBackend(backend, cache)
+    return ProgressBackend(backend, desc, enabled=progress)
+
+
+def backend_stats(backend: Backend) -> dict:
+    """Cache counts and HTTP usage of every wrapper layer found in `backend`, for results files."""
+    stats: dict = {"model_id": backend.model_id}
+    layer = backend
+    while layer is not None:
+        if isinstance(layer, CachedBackend):
+            stats["cache"] = {"path": str(layer.path), **asdict(layer.stats)}
+        usage = getattr(layer, "usage", None)
+        if usage is not None:
+            stats["http"] = asdict(usage)
+        layer = getattr(layer, "backend", None)
+    return stats
+
+
+def describe_stats(stats: dict) -> str:
+    """One line for the end of a run: cache hits and new calls, and HTTP retries and failures."""
+    parts = []
+    if "cache" in stats:
+        cache = stats["cache"]
+        parts.append(f"judge cache: {cache['hits']} hits, {cache['misses']} new calls "
+                     f"({cache['errors_not_cached']} errored, not cached) in {cache['path']}")
+    else:
+        parts.append("judge cache: not used")
+    if "http" in stats:
+        http = stats["http"]
+        parts.append(f"HTTP: {http['requests']} requests, {http['retries']} retries, {http['failures']} failed")
+    return "; ".join(parts)
