@@ -12,7 +12,7 @@ from alignkit.data.errors import DataError, RecordError
 from alignkit.data.formats import load_conversations, to_conversation
 from alignkit.data.mixing import load_mix, mix
 from alignkit.data.readers import DataSpec
-from test_data_readers import FILE_KINDS, UNIT_OF, split_for, write_records
+from tests.test_data_readers import FILE_KINDS, UNIT_OF, split_for, write_records
 
 
 def system(text):

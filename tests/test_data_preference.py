@@ -7,7 +7,7 @@ from alignkit.data.errors import DataError, RecordError
 from alignkit.data.preference import (Ranking, load_feedback, load_pairs, load_rankings, ranking_to_pairs,
                                       to_feedback, to_pair, to_ranking)
 from alignkit.data.readers import DataSpec
-from test_data_readers import FILE_KINDS, UNIT_OF, split_for, write_records
+from tests.test_data_readers import FILE_KINDS, UNIT_OF, split_for, write_records
 
 
 def user(text):
