@@ -26,7 +26,7 @@ class DemoConfig:
     batch_size: int = 8
     lr: float = 1e-4
     dpo_steps: int = 30
-    dpo_lr: float = 2e-5
+    dpo_lr: float = 5e-6
     dpo_beta: float = 0.1
     max_new_tokens: int = 48
     heldout_limit: int = 0
