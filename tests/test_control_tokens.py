@@ -13,13 +13,6 @@ from alignkit.training.loop import train
 from alignkit.training.pref_run import PrefConfig, PrefDataConfig, load_control_data
 from alignkit.training.sft import SFTObjective
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

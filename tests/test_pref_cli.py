@@ -10,13 +10,6 @@ from alignkit.models.tiny import tiny_model, tiny_tokenizer
 DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo_data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):

@@ -20,14 +20,6 @@ from alignkit.training.reference import LiveReference, attach_reference, sequenc
 DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo_data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models are overhead-bound; one thread is faster and does not fight other jobs for the 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def user(text):
     return [{"role": "user", "content": text}]

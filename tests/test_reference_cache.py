@@ -10,13 +10,6 @@ from alignkit.training.reference import (LiveReference, ReferenceCache, attach_r
                                         model_fingerprint, pack_sequences, sequence_logps)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def pairs(tok, rows=(("capital of France?", "Paris", "Rome"), ("say hi", "hi there", "no"))):
     items = [([{"role": "user", "content": p}], [[{"role": "assistant", "content": c}],

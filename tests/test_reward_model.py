@@ -20,13 +20,6 @@ from alignkit.training.reward import RewardObjective
 DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo_data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def random_head_rm(tok, seed=0):
     rm = RewardModel.from_causal_lm(tiny_model(tok, seed=seed), tok)
