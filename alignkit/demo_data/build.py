@@ -69,7 +69,11 @@ def build(out_dir: Path, seed: int = 0) -> dict[str, int]:
                       "format": fmt, "answer": short}
             (test if fid in held else train).append(record)
     rng.shuffle(train)
-    files = {"sft_train.jsonl": train, "heldout.jsonl": test}
+    return write_files(out_dir, {"sft_train.jsonl": train, "heldout.jsonl": test})
+
+
+def write_files(out_dir: Path, files: dict[str, list[dict]]) -> dict[str, int]:
+    """Write each list of rows as a JSONL file; return the row counts."""
     for name, rows in files.items():
         with open(out_dir / name, "w") as f:
             for row in rows:

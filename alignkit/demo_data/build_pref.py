@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from alignkit.demo_data.build import FORMATS, answer, questions
+from alignkit.demo_data.build import FORMATS, answer, questions, write_files
 
 KINDS = ("plain", "other_format", "wrong_answer")
 
@@ -67,12 +67,7 @@ def build(out_dir: Path, seed: int = 1, train_kinds_per_prompt: int = 2) -> dict
         raise RuntimeError(f"{len(missing)} held-out prompts of heldout.jsonl are not among the demo facts; "
                            "rebuild both files (python -m alignkit.demo_data.build first)")
     rng.shuffle(train)
-    files = {"pref_train.jsonl": train, "pref_heldout.jsonl": test}
-    for name, rows in files.items():
-        with open(out_dir / name, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-    return {name: len(rows) for name, rows in files.items()}
+    return write_files(out_dir, {"pref_train.jsonl": train, "pref_heldout.jsonl": test})
 
 
 if __name__ == "__main__":
