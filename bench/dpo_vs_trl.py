@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import child
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "alignkit" / "demo_data" / "pref_train.jsonl"
@@ -118,15 +119,6 @@ def run_trl(a) -> dict:
             "losses": [h["loss"] for h in logs], "accuracy": [h.get("rewards/accuracies") for h in logs]}
 
 
-def child(a) -> None:
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = {"alignkit": run_alignkit, "trl": run_trl}[a.run](a)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(out), flush=True)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="optimizer steps (and steps x batch pairs of data)")
@@ -142,7 +134,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
     if a.run:
-        return child(a)
+        return child(a, {"alignkit": run_alignkit, "trl": run_trl})
     pairs = pairs_file(a)
     results: dict[str, dict] = {}
     for setting in a.settings:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import child
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "alignkit" / "demo_data" / "sft_train.jsonl"
@@ -73,15 +74,6 @@ def run_trl(a) -> dict:
     return {"tokens": int(logs[-1]["num_tokens"]), "seconds": seconds, "losses": [h["loss"] for h in logs]}
 
 
-def child(a) -> None:
-    import torch
-
-    torch.set_num_threads(a.threads)
-    out = {"alignkit": run_alignkit, "trl": run_trl}[a.run](a)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps(out), flush=True)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
@@ -95,7 +87,7 @@ def main() -> None:
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
     if a.run:
-        return child(a)
+        return child(a, {"alignkit": run_alignkit, "trl": run_trl})
     runs: dict[str, list[dict]] = {"trl": [], "alignkit": []}
     # Alternating the two, run after run, spreads any background load evenly over both.
     for _ in range(a.repeats):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass, field
 from functools import partial
 
 from alignkit.config import save_config, to_dict
 from alignkit.data.control import ControlConfig, load_control
+from alignkit.data.holdout import data_report, split_eval
 from alignkit.data.mixing import load_mix
 from alignkit.data.preference import PAIR_RULES, load_feedback, load_pairs, load_rankings
 from alignkit.data.readers import DataSpec
@@ -64,15 +64,6 @@ class PrefConfig(PrefLossConfig):
             raise ValueError("loss=kto needs train.batch_size >= 2: its KL baseline is a mean over the micro-batch")
 
 
-def _split_eval(examples: list, fraction: float, seed: int) -> tuple[list, list]:
-    if fraction <= 0:
-        return examples, []
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    held = set(order[:max(1, int(len(order) * fraction))])
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
-
-
 def data_kind(loss: str) -> str:
     """What a loss trains on: rankings (kept whole), feedback (KTO) or pairs (everything else)."""
     return "rankings" if loss in RANKING_LOSSES else "feedback" if loss == "kto" else "pairs"
@@ -113,14 +104,8 @@ def load_pref_data(data: PrefDataConfig, tokenizer, *, kind: str = "pairs",
         lengths.dropped += eval_lengths.dropped
         lengths.dropped_where += eval_lengths.dropped_where
     else:
-        train_examples, eval_examples = _split_eval(train_examples, data.eval_fraction, seed)
-    if not train_examples:
-        raise ValueError("no training example left after filtering: " + lengths.summary())
-    print(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples; {skips.summary()}; "
-          f"{lengths.summary()}", flush=True)
-    report = {"records": skips.to_dict(), "length": lengths.to_dict(), "mix": mix.to_dict(),
-              "train_examples": len(train_examples), "eval_examples": len(eval_examples)}
-    return train_examples, eval_examples, report
+        train_examples, eval_examples = split_eval(train_examples, data.eval_fraction, seed)
+    return train_examples, eval_examples, data_report(train_examples, eval_examples, skips, lengths, mix)
 
 
 def load_control_data(cfg: PrefConfig, tokenizer, *, seed: int) -> tuple[list, list, dict]:
@@ -139,14 +124,9 @@ def load_control_data(cfg: PrefConfig, tokenizer, *, seed: int) -> tuple[list, l
         skips.merge(eval_skips)
         eval_examples, _ = build(eval_convs)
     else:
-        train_examples, eval_examples = _split_eval(train_examples, data.eval_fraction, seed)
-    if not train_examples:
-        raise ValueError("no training example left after filtering: " + lengths.summary())
-    print(f"data: {len(train_examples)} train / {len(eval_examples)} eval conversations; {skips.summary()}; "
-          f"{lengths.summary()}", flush=True)
-    return train_examples, eval_examples, {"records": skips.to_dict(), "length": lengths.to_dict(),
-                                           "mix": mix.to_dict(), "train_examples": len(train_examples),
-                                           "eval_examples": len(eval_examples)}
+        train_examples, eval_examples = split_eval(train_examples, data.eval_fraction, seed)
+    return train_examples, eval_examples, data_report(train_examples, eval_examples, skips, lengths, mix,
+                                                      noun="conversations")
 
 
 def make_objective(cfg: PrefLossConfig, live: LiveReference | None = None):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
@@ -12,6 +11,7 @@ import torch
 
 from alignkit.config import save_config, to_dict
 from alignkit.data.formats import load_conversations
+from alignkit.data.holdout import data_report, split_eval
 from alignkit.data.mixing import load_mix
 from alignkit.data.packing import pack, target_positions
 from alignkit.data.readers import DataSpec
@@ -58,7 +58,7 @@ class SFTObjective:
 
 
 def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
-    """(train examples, eval examples, report dict, skip report, length report) under the config's policies."""
+    """(train examples, eval examples, report dict) under the config's policies; prints a one-line summary."""
     if not cfg.train:
         raise ValueError("data.train lists no dataset")
     load = partial(load_conversations, skip_bad=cfg.skip_bad)
@@ -71,19 +71,9 @@ def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
         eval_convs, eval_skips = load_conversations(cfg.eval, skip_bad=cfg.skip_bad)
         skips.merge(eval_skips)
         eval_examples, _ = build(eval_convs)
-    elif cfg.eval_fraction > 0:
-        rng = random.Random(seed)
-        order = list(range(len(train_examples)))
-        rng.shuffle(order)
-        n_eval = max(1, int(len(order) * cfg.eval_fraction))
-        held = set(order[:n_eval])
-        eval_examples = [train_examples[i] for i in sorted(held)]
-        train_examples = [e for i, e in enumerate(train_examples) if i not in held]
-    if not train_examples:
-        raise ValueError("no training example left after filtering: " + lengths.summary())
-    report = {"records": skips.to_dict(), "length": lengths.to_dict(), "mix": mix.to_dict(),
-              "train_examples": len(train_examples), "eval_examples": len(eval_examples)}
-    return train_examples, eval_examples, report, skips, lengths
+    else:
+        train_examples, eval_examples = split_eval(train_examples, cfg.eval_fraction, seed)
+    return train_examples, eval_examples, data_report(train_examples, eval_examples, skips, lengths, mix)
 
 
 def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
@@ -97,9 +87,7 @@ def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> Trai
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)
     # Data first: a bad record fails in seconds, before the model is loaded.
-    train_examples, eval_examples, report, skips, lengths = load_sft_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    print(f"data: {len(train_examples)} train / {len(eval_examples)} eval examples; {skips.summary()}; "
-          f"{lengths.summary()}", flush=True)
+    train_examples, eval_examples, report = load_sft_data(cfg.data, tokenizer, seed=cfg.train.seed)
     with open(os.path.join(out, "data_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     if model is None:
