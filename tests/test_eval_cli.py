@@ -390,6 +390,11 @@ def test_local_model_id_changes_when_the_weights_are_rewritten(tmp_path):
     assert local_model_id(str(tmp_path / "m")) != first
 
 
+def test_local_model_id_tells_dtypes_apart():
+    assert local_model_id("embedded") == "embedded:SmolLM2-135M-Instruct"
+    assert local_model_id("embedded", "bf16") == "embedded:SmolLM2-135M-Instruct@bf16"
+
+
 def test_swap_reports_the_failed_order_once_in_both_orders():
     from alignkit.evaluation.judges import JudgeConfig, judge_pairs
 

@@ -65,12 +65,17 @@ def parse_backend_spec(spec: str) -> BackendSpec:
     return BackendSpec("local", spec)
 
 
-def local_model_id(spec: str) -> str:
-    """A cache-safe id for a local model: the spec plus a fingerprint of its weight files.
+def local_model_id(spec: str, dtype: str = "fp32") -> str:
+    """A cache-safe id for a local model: the spec, a fingerprint of its weight files, and the dtype.
 
     Cache keys start with the model id, so two trainings written to the same folder must not share
     one; size and modification time of the weight files change whenever the weights are rewritten.
+    A bf16 judge answers differently from the same weights in fp32, so it gets its own id.
     """
+    return _weights_id(spec) + ("" if dtype == "fp32" else f"@{dtype}")
+
+
+def _weights_id(spec: str) -> str:
     from alignkit.models.loading import EMBEDDED_ALIASES, EMBEDDED_NAME, resolve_spec
 
     if spec.lower() in EMBEDDED_ALIASES:
@@ -102,7 +107,7 @@ def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Back
     from alignkit.models.loading import load_model
 
     model, tokenizer = load_model(parsed.model, dtype=options.dtype)
-    return LocalBackend(model, tokenizer, batch_size=options.batch_size, model_id=local_model_id(parsed.model),
+    return LocalBackend(model, tokenizer, batch_size=options.batch_size, model_id=local_model_id(parsed.model, options.dtype),
                         device=options.device)
 
 
