@@ -50,3 +50,37 @@ class Backend(Protocol):
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """Raw text continuation (no chat template)."""
         ...
+
+
+def check_sampling_params(params: SamplingParams) -> None:
+    """Raises ValueError naming the first field of `params` that no backend can honour."""
+    if params.max_tokens < 1:
+        raise ValueError(f"SamplingParams.max_tokens must be >= 1, got {params.max_tokens}")
+    if params.n < 1:
+        raise ValueError(f"SamplingParams.n must be >= 1, got {params.n}")
+    if params.temperature < 0:
+        raise ValueError(f"SamplingParams.temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < 0:
+        raise ValueError(f"SamplingParams.top_k must be >= 0 (0 disables it), got {params.top_k}")
+    if params.logprobs is not None and params.logprobs < 0:
+        raise ValueError(f"SamplingParams.logprobs must be >= 0 or None, got {params.logprobs}")
+    # A bare string would be iterated character by character and stop at every one of them.
+    if isinstance(params.stop, str) or not all(isinstance(s, str) and s for s in params.stop):
+        raise ValueError(f"SamplingParams.stop must be a tuple of non-empty strings, got {params.stop!r}")
+
+
+def check_conversation(conversation: object, index: int) -> None:
+    """Raises ValueError naming conversation `index` and the message that is malformed."""
+    if not isinstance(conversation, list) or not conversation:
+        raise ValueError(f"conversation {index}: expected a non-empty list of messages, got {conversation!r:.200}")
+    for position, message in enumerate(conversation):
+        if not isinstance(message, dict):
+            raise ValueError(f"conversation {index}, message {position}: expected a dict, got {message!r:.200}")
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise ValueError(f"conversation {index}, message {position}: field 'role' must be system, user or "
+                             f"assistant, got {message.get('role')!r}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"conversation {index}, message {position}: field 'content' must be a string, "
+                             f"got {type(message.get('content')).__name__}")

@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import openai
 
-from alignkit.generation.backend import Completion, Message, SamplingParams
-from alignkit.generation.local import check_conversation, check_sampling_params
+from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
+                                         check_sampling_params)
 
 _RETRYABLE_STATUS = {408, 409, 429}
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from alignkit.generation.backend import Completion, Message, SamplingParams
-from alignkit.generation.local import check_conversation, check_sampling_params
+from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
+                                         check_sampling_params)
 
 
 def _import_vllm():

@@ -290,9 +290,11 @@ def orpo_loss(
 
 
 def _ranked(
-    fn: str, policy_logps: Tensor, lengths: Tensor, response_mask: Tensor | None
+    fn: str, policy_logps: Tensor, lengths: Tensor, response_mask: Tensor | None, sft_weight: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validate [batch, N] inputs; returns (log-probs, length-normalised scores, bool mask)."""
+    if sft_weight < 0:
+        raise ValueError(f"{fn}: `sft_weight` must be >= 0, got {sft_weight}")
     logps = _as_float(fn, "policy_logps", policy_logps)
     _same_shape(fn, {"policy_logps": logps}, ndim=2)
     if response_mask is None:
@@ -318,6 +320,13 @@ def _ranked(
     real_lengths = torch.where(mask, lengths, torch.ones_like(lengths))
     scores = logps / _lengths(fn, "lengths", real_lengths, logps)
     return logps, scores, mask
+
+
+def _ranking_output(rank_loss: Tensor, logps: Tensor, scores: Tensor, mask: Tensor, sft_weight: float) -> LossOutput:
+    """Adds the SFT term on the best response (the summed-token NLL) to a ranking loss."""
+    nll = -logps[:, 0]
+    metrics = {"rank_loss": rank_loss.detach(), "nll": nll.detach(), "accuracy": _ranking_accuracy(scores, mask)}
+    return LossOutput(rank_loss + sft_weight * nll, metrics)
 
 
 def _better_worse_pairs(mask: Tensor) -> Tensor:
@@ -347,18 +356,12 @@ def rrhf_loss(
     marks real responses when rows have fewer than N. The SFT term is the summed-token NLL
     of the best response, as in the paper's L_ft.
     """
-    fn = "rrhf_loss"
-    if sft_weight < 0:
-        raise ValueError(f"{fn}: `sft_weight` must be >= 0, got {sft_weight}")
-    logps, scores, mask = _ranked(fn, policy_logps, lengths, response_mask)
+    logps, scores, mask = _ranked("rrhf_loss", policy_logps, lengths, response_mask, sft_weight)
     pairs = _better_worse_pairs(mask)
     # hinge[b, i, j] penalises the worse response j scoring above the better response i.
     hinge = torch.relu(scores.unsqueeze(1) - scores.unsqueeze(2))
     rank_loss = torch.where(pairs, hinge, torch.zeros_like(hinge)).sum(dim=(1, 2))
-    nll = -logps[:, 0]
-    losses = rank_loss + sft_weight * nll
-    metrics = {"rank_loss": rank_loss.detach(), "nll": nll.detach(), "accuracy": _ranking_accuracy(scores, mask)}
-    return LossOutput(losses, metrics)
+    return _ranking_output(rank_loss, logps, scores, mask, sft_weight)
 
 
 def pro_loss(
@@ -374,10 +377,7 @@ def pro_loss(
     ranked below it. Inputs are laid out as for `rrhf_loss`. The paper's reward-scaled
     temperature is left out; `sft_weight` > 0 adds its SFT term on the best response.
     """
-    fn = "pro_loss"
-    if sft_weight < 0:
-        raise ValueError(f"{fn}: `sft_weight` must be >= 0, got {sft_weight}")
-    logps, scores, mask = _ranked(fn, policy_logps, lengths, response_mask)
+    logps, scores, mask = _ranked("pro_loss", policy_logps, lengths, response_mask, sft_weight)
     n = scores.shape[1]
     later_or_same = torch.triu(torch.ones(n, n, dtype=torch.bool, device=mask.device))  # [k, i]: i >= k
     candidates = later_or_same & mask.unsqueeze(1)  # [b, k, i]
@@ -388,10 +388,7 @@ def pro_loss(
     positions = torch.arange(n, device=mask.device).unsqueeze(0)
     terms = mask & (positions < last_real)
     listwise = -torch.where(terms, log_share, torch.zeros_like(log_share)).sum(dim=1)
-    nll = -logps[:, 0]
-    losses = listwise + sft_weight * nll
-    metrics = {"rank_loss": listwise.detach(), "nll": nll.detach(), "accuracy": _ranking_accuracy(scores, mask)}
-    return LossOutput(losses, metrics)
+    return _ranking_output(listwise, logps, scores, mask, sft_weight)
 
 
 # --------------------------------------------------------------------------- unpaired
