@@ -441,12 +441,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from alignkit.errors import USER_ERRORS
+    from alignkit.errors import is_user_error
 
     try:
         args.func(args)
-    except USER_ERRORS as e:
-        if os.environ.get("ALIGNKIT_DEBUG"):
+    except Exception as e:
+        if os.environ.get("ALIGNKIT_DEBUG") or not is_user_error(e):
             raise
         print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -131,3 +131,40 @@ def test_chat_repl_keeps_history():
     assert [len(s) for s in seen] == [1, 3, 1]
     assert seen[1][1] == {"role": "assistant", "content": "reply 1"}
     assert "bot> reply 3" in out
+
+
+def test_only_alignkit_checks_and_input_errors_are_user_errors():
+    from alignkit.data.errors import RecordError
+    from alignkit.errors import is_user_error
+    from alignkit.training.preference_losses import dpo_loss
+
+    def raised(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the point is to inspect whatever was raised
+            return e
+        raise AssertionError("expected an exception")
+
+    import torch
+
+    own_check = raised(lambda: dpo_loss(torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=-1.0))
+    assert isinstance(own_check, ValueError) and is_user_error(own_check)
+    assert is_user_error(RecordError("messages", "missing", path="data.jsonl", line=3))
+    assert is_user_error(raised(lambda: open("/nonexistent/file")))
+    library_value_error = raised(lambda: json.loads("{"))  # ValueError raised inside the json module
+    assert isinstance(library_value_error, ValueError) and not is_user_error(library_value_error)
+    assert not is_user_error(raised(lambda: [][1]))
+
+
+def test_a_library_value_error_shows_its_traceback(monkeypatch):
+    import alignkit.cli as cli
+
+    def broken(args):
+        json.loads("{")  # stands in for a ValueError deep inside a library: a bug, not bad input
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(func=broken)
+    with pytest.raises(json.JSONDecodeError):
+        main(["report", "--results", "x.json", "--out", "y"])
