@@ -335,3 +335,22 @@ def test_vllm_backend_without_vllm_says_so(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` fail even where it is installed
     with pytest.raises(ImportError, match="VLLMBackend needs vLLM"):
         VLLMBackend("/models/x")
+
+
+def test_vllm_judge_specs_resolve_like_local_ones(monkeypatch, tmp_path):
+    import sys
+    from alignkit.evaluation.backends import BackendOptions, build_backend
+    from alignkit.models.lora import save_model
+    from alignkit.models.tiny import tiny_model, tiny_tokenizer
+
+    monkeypatch.setitem(sys.modules, "vllm", FakeVLLM)
+    tok = tiny_tokenizer()
+    save_model(tiny_model(tok), tok, str(tmp_path / "m"))
+    backend = build_backend(f"vllm:{tmp_path / 'm'}", BackendOptions(dtype="bf16"))
+    assert backend.llm.options["model"] == str(tmp_path / "m") and backend.llm.options["dtype"] == "bfloat16"
+    # Its own cache id: neither the transformers judge's nor the fp32 one's.
+    assert backend.model_id.startswith(f"vllm:{tmp_path / 'm'}#") and backend.model_id.endswith("@bf16")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="LoRA adapter folder"):
+        build_backend(f"vllm:{tmp_path / 'adapter'}")

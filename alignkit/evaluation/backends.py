@@ -3,7 +3,7 @@
     embedded | <model folder> | <file>.gguf | <hub id>   LocalBackend, the model loaded in this process
     openai:<model>@<base_url>                           OpenAIBackend against any OpenAI-compatible server
     openai:<model>                                      the same, URL from options.base_url or OPENAI_BASE_URL
-    vllm:<model path>                                   VLLMBackend (needs vLLM and a GPU)
+    vllm:embedded | vllm:<model folder or hub id>       VLLMBackend (needs vLLM and a GPU)
 
 `open_backend` also wraps the result in the SQLite `CachedBackend` when given a cache path, and
 `ProgressBackend` shows a progress bar of prompts answered, since a judge run can take minutes.
@@ -100,15 +100,27 @@ def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Back
                              max_concurrency=options.max_concurrency, timeout=options.timeout,
                              max_retries=options.max_retries)
     if parsed.kind == "vllm":
-        from alignkit.generation.vllm_backend import VLLMBackend
-
-        return VLLMBackend(parsed.model, dtype="bfloat16" if options.dtype == "bf16" else "auto")
+        return _vllm_backend(parsed.model, options)
     from alignkit.generation.local import LocalBackend
     from alignkit.models.loading import load_model
 
     model, tokenizer = load_model(parsed.model, dtype=options.dtype)
     return LocalBackend(model, tokenizer, batch_size=options.batch_size, model_id=local_model_id(parsed.model, options.dtype),
                         device=options.device)
+
+
+def _vllm_backend(spec: str, options: BackendOptions) -> Backend:
+    """vLLM over the same model specs as a local judge: `embedded` is the converted cache folder."""
+    from alignkit.generation.vllm_backend import VLLMBackend
+    from alignkit.models.loading import resolve_spec
+
+    kind, where = resolve_spec(spec)
+    if kind == "adapter":
+        raise ValueError(f"vllm:{spec} is a LoRA adapter folder; vLLM needs full weights: save the model "
+                         "merged (alignkit's final models are) and point vllm: at that folder")
+    # vLLM's kernels answer a little differently from transformers': its own cache id.
+    model_id = "vllm:" + local_model_id(spec, options.dtype)
+    return VLLMBackend(where, model_id=model_id, dtype="bfloat16" if options.dtype == "bf16" else "auto")
 
 
 class ProgressBackend:
