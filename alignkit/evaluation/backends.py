@@ -47,7 +47,7 @@ def parse_backend_spec(spec: str) -> BackendSpec:
     """Split a spec string into its kind and parts; raises ValueError naming what is missing."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("backend spec is empty; use 'embedded', a model folder, 'openai:<model>@<url>' "
-                         "or 'vllm:<path>'")
+                         "or 'vllm:<model>'")
     spec = spec.strip()
     if spec.startswith("openai:"):
         # The model name comes first: a URL may itself hold '@' (user:password@host), a model name does not.
