@@ -217,7 +217,8 @@ def add_preference_commands(sub) -> None:
 
 JUDGE_SPEC_HELP = ("judge backend: 'embedded', a model folder or hub id (loaded here), "
                    "'openai:<model>@<base_url>' (any OpenAI-compatible server; key from --judge-api-key-env), "
-                   "'openai:<model>' (URL from --judge-base-url or OPENAI_BASE_URL) or 'vllm:<model>' (embedded, a folder or hub id; needs vLLM and a GPU)")
+                   "'openai:<model>' (URL from --judge-base-url or OPENAI_BASE_URL) or "
+                   "'vllm:<model>' (embedded, a folder or hub id; needs vLLM and a GPU)")
 
 
 def _judge_args(p: argparse.ArgumentParser, strategy: bool = True) -> None:
