@@ -38,20 +38,19 @@ Histogram bins are the integers scale_min..scale_max; a score goes to the neares
 """
 from __future__ import annotations
 
-import html
 import json
 import math
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
+
+from alignkit.evaluation.report_charts import (PALETTE, Mark, Row, esc, histogram, horizontal_chart, html_table,
+                                               num, pct, scatter, shorten)
 
 SECTIONS = ("win_rates", "leaderboard", "score_distributions", "score_vs_length", "strategy_comparison",
             "ifeval", "before_after", "tables")
 TOP_LEVEL = ("title", "meta") + SECTIONS
 FORMAT_VERSION = 1
-PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
-           "#9c755f", "#bab0ac")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
@@ -221,193 +220,11 @@ def _validate_scatter(section: Any) -> None:
                     raise ReportError(f"{at}['{name}'][{j}]: expected a number, got {value!r}")
 
 
-# ============================================================================ formatting
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _short(text: str, limit: int = 28) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _table(columns: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
-    """`rows` cells are already-escaped HTML; the first `text_columns` are left-aligned."""
-    head = "".join(f'<th class="{"text" if i < text_columns else ""}">{_e(c)}</th>' for i, c in enumerate(columns))
-    body = "".join(
-        "<tr>" + "".join(cell if cell.startswith("<td") else f'<td class="{"text" if i < text_columns else ""}">{cell}</td>'
-                         for i, cell in enumerate(row)) + "</tr>"
-        for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-# ============================================================================ SVG charts
-
-def _linear(d0: float, d1: float, r0: float, r1: float) -> Callable[[float], float]:
-    span = (d1 - d0) or 1.0
-    return lambda v: r0 + (v - d0) / span * (r1 - r0)
-
-
-def _ticks(low: float, high: float, target: int = 5) -> list[float]:
-    """Round-numbered ticks (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
-    span = high - low
-    if span <= 0:
-        return [low]
-    raw = span / target
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.ceil(low / step - 1e-9) * step
-    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]
-
-
-def _svg(css_class: str, width: float, height: float, body: list[str], label: str) -> str:
-    return (f'<svg class="chart {css_class}" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
-            f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="{_e(label)}">'
-            + "".join(body) + "</svg>")
-
-
-def _legend(names: Sequence[str], x: float, y: float) -> list[str]:
-    parts = []
-    for i, name in enumerate(names):
-        parts.append(f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="10" height="10" fill="{PALETTE[i % len(PALETTE)]}"/>'
-                     f'<text x="{x + 14:.1f}" y="{y:.1f}">{_e(_short(name, 32))}</text>')
-        x += 24 + 6.5 * min(len(name), 32)
-    return parts
-
-
-@dataclass
-class _Mark:
-    series: int  # colour index into the legend
-    value: float | None
-    low: float | None = None
-    high: float | None = None
-    text: str = ""  # printed right of the mark
-
-
-@dataclass
-class _Row:
-    label: str
-    marks: list[_Mark] = field(default_factory=list)
-
-
-def _horizontal_chart(
-    rows: Sequence[_Row], series: Sequence[str], *, domain: tuple[float, float], css_class: str, label: str,
-    dots: bool = False, reference: float | None = None, tick_format: Callable[[float], str] = _num,
-    show_axis: bool = True, width: float = 760,
-) -> str:
-    """Bars (or dots) with optional error bars, one row per label and one mark per series."""
-    mark_h, gap, left, right = 14.0, 10.0, 200.0, 90.0
-    top = 28.0 if len(series) > 1 else 10.0
-    height = top + sum(max(1, len(r.marks)) * mark_h + gap for r in rows) + (26 if show_axis else 4)
-    x = _linear(domain[0], domain[1], left, width - right)
-    body: list[str] = []
-    if len(series) > 1:
-        body += _legend(series, left, 16)
-    plot_bottom = height - (26 if show_axis else 4)
-    if show_axis:
-        for tick in _ticks(*domain):
-            body.append(f'<line class="grid" x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top - 4:.1f}" y2="{plot_bottom:.1f}"/>'
-                        f'<text x="{x(tick):.1f}" y="{plot_bottom + 16:.1f}" text-anchor="middle">{_e(tick_format(tick))}</text>')
-        body.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{plot_bottom:.1f}" y2="{plot_bottom:.1f}"/>')
-    if reference is not None:
-        body.append(f'<line class="refline" x1="{x(reference):.1f}" x2="{x(reference):.1f}" '
-                    f'y1="{top - 4:.1f}" y2="{plot_bottom:.1f}"/>')
-    y = top
-    base = x(max(domain[0], min(0.0, domain[1])))
-    for row in rows:
-        row_h = max(1, len(row.marks)) * mark_h
-        body.append(f'<text x="{left - 8}" y="{y + row_h / 2 + 4:.1f}" text-anchor="end">'
-                    f'<title>{_e(row.label)}</title>{_e(_short(row.label))}</text>')
-        for k, mark in enumerate(row.marks):
-            mid = y + k * mark_h + mark_h / 2
-            colour = PALETTE[mark.series % len(PALETTE)]
-            end = base
-            if mark.value is not None:
-                tip = f"<title>{_e(row.label)} · {_e(series[mark.series])}: {_e(mark.text)}</title>"
-                if dots:
-                    body.append(f'<circle class="point" cx="{x(mark.value):.1f}" cy="{mid:.1f}" r="5" fill="{colour}">{tip}</circle>')
-                else:
-                    x0, x1 = sorted((base, x(mark.value)))
-                    body.append(f'<rect class="bar" x="{x0:.1f}" y="{mid - mark_h / 2 + 1.5:.1f}" width="{x1 - x0:.1f}" '
-                                f'height="{mark_h - 3:.1f}" fill="{colour}">{tip}</rect>')
-                end = max(base, x(mark.value))
-            if mark.low is not None and mark.high is not None:
-                lo, hi = x(mark.low), x(mark.high)
-                body.append(f'<path class="errbar" fill="none" d="M{lo:.1f},{mid:.1f}H{hi:.1f}'
-                            f'M{lo:.1f},{mid - 4:.1f}V{mid + 4:.1f}M{hi:.1f},{mid - 4:.1f}V{mid + 4:.1f}"/>')
-                end = max(end, hi)
-            body.append(f'<text x="{end + 5:.1f}" y="{mid + 4:.1f}">{_e(mark.text if mark.value is not None else "n/a")}</text>')
-        y += row_h + gap
-    return _svg(css_class, width, height, body, label)
-
-
-def _histogram(title: str, bins: list[int], counts: list[int], y_max: int, colour: str) -> str:
-    width, height, left, bottom, top = 280.0, 186.0, 30.0, 24.0, 34.0
-    x = _linear(0, len(bins), left, width - 8)
-    y = _linear(0, max(1, y_max), height - bottom, top)
-    slot = x(1) - x(0)
-    body = [f'<text x="{left}" y="14"><title>{_e(title)}</title>{_e(_short(title, 40))}</text>',
-            f'<line class="axis" x1="{left}" x2="{width - 8}" y1="{height - bottom}" y2="{height - bottom}"/>']
-    for i, (grade, count) in enumerate(zip(bins, counts)):
-        bar_top = y(count)
-        body.append(f'<rect class="bar" x="{x(i) + 1:.1f}" y="{bar_top:.1f}" width="{slot - 2:.1f}" '
-                    f'height="{height - bottom - bar_top:.1f}" fill="{colour}"><title>grade {grade}: {count}</title></rect>'
-                    f'<text x="{x(i) + slot / 2:.1f}" y="{height - 8}" text-anchor="middle">{grade}</text>')
-        if count:
-            body.append(f'<text x="{x(i) + slot / 2:.1f}" y="{bar_top - 3:.1f}" text-anchor="middle">{count}</text>')
-    return _svg("histogram", width, height, body, f"score histogram: {title}")
-
-
-def _scatter(series: list[dict[str, Any]], x_label: str) -> str:
-    width, height, left, right, top, bottom = 760.0, 380.0, 54.0, 16.0, 30.0, 44.0
-    xs = [v for s in series for v in s["lengths"]] or [0.0]
-    ys = [v for s in series for v in s["scores"]] or [0.0]
-    x_domain = (min(0.0, min(xs)), max(xs) if max(xs) > min(0.0, min(xs)) else 1.0)
-    y_pad = (max(ys) - min(ys)) * 0.05 or 0.5
-    y_domain = (min(ys) - y_pad, max(ys) + y_pad)
-    x = _linear(*x_domain, left, width - right)
-    y = _linear(*y_domain, height - bottom, top)
-    body = _legend([s["model"] for s in series], left, 16)
-    for tick in _ticks(*x_domain):
-        body.append(f'<line class="grid" x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top}" y2="{height - bottom}"/>'
-                    f'<text x="{x(tick):.1f}" y="{height - bottom + 15}" text-anchor="middle">{_num(tick)}</text>')
-    for tick in _ticks(*y_domain):
-        body.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}"/>'
-                    f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{_num(tick)}</text>')
-    body.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{height - bottom}" y2="{height - bottom}"/>'
-                f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}"/>'
-                f'<text x="{(left + width - right) / 2:.1f}" y="{height - 8}" text-anchor="middle">{_e(x_label)}</text>'
-                f'<text x="14" y="{(top + height - bottom) / 2:.1f}" text-anchor="middle" '
-                f'transform="rotate(-90 14 {(top + height - bottom) / 2:.1f})">score</text>')
-    for i, s in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
-        for length, score in zip(s["lengths"], s["scores"]):
-            body.append(f'<circle class="point" cx="{x(length):.1f}" cy="{y(score):.1f}" r="3.5" fill="{colour}">'
-                        f'<title>{_e(s["model"])}: length {_num(length)}, score {_num(score)}</title></circle>')
-    return _svg("scatter", width, height, body, "score against response length")
-
-
 # ============================================================================ sections
 
 def _section(anchor: str, title: str, content: str, note: str = "") -> str:
     note_html = f'<p class="note">{note}</p>' if note else ""
-    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{note_html}{content}</section>'
+    return f'<section id="{anchor}"><h2>{esc(title)}</h2>{note_html}{content}</section>'
 
 
 def _win_rates_section(entries: list[dict[str, Any]]) -> str:
@@ -416,23 +233,23 @@ def _win_rates_section(entries: list[dict[str, Any]]) -> str:
     rows = []
     for e in entries:
         label = e["model"] + (f" vs {e['reference']}" if e.get("reference") else "")
-        marks = [_Mark(0, e["win_rate"], e.get("ci_low"), e.get("ci_high"), _pct(e["win_rate"]))]
+        marks = [Mark(0, e["win_rate"], e.get("ci_low"), e.get("ci_high"), pct(e["win_rate"]))]
         if has_lc:
-            marks.append(_Mark(1, e.get("lc_win_rate"), e.get("lc_ci_low"), e.get("lc_ci_high"), _pct(e.get("lc_win_rate"))))
-        rows.append(_Row(label, marks))
-    chart = _horizontal_chart(rows, series, domain=(0.0, 1.0), css_class="winrates", reference=0.5,
+            marks.append(Mark(1, e.get("lc_win_rate"), e.get("lc_ci_low"), e.get("lc_ci_high"), pct(e.get("lc_win_rate"))))
+        rows.append(Row(label, marks))
+    chart = horizontal_chart(rows, series, domain=(0.0, 1.0), css_class="winrates", reference=0.5,
                               tick_format=lambda t: f"{100 * t:.0f}%", label="win rates with confidence intervals")
 
     def interval(low: float | None, high: float | None) -> str:
-        return "—" if low is None or high is None else f"{_pct(low)} – {_pct(high)}"
+        return "—" if low is None or high is None else f"{pct(low)} – {pct(high)}"
 
-    table_rows = [[_e(e["model"]), _e(e.get("reference") or "—"), _pct(e["win_rate"]),
-                   interval(e.get("ci_low"), e.get("ci_high")), _pct(e.get("lc_win_rate")),
-                   interval(e.get("lc_ci_low"), e.get("lc_ci_high")), _num(e.get("n_scored")),
-                   _num(e.get("failures")), _pct(e.get("failure_rate"))] for e in entries]
-    table = _table(["model", "reference", "win rate", "95% CI", "LC win rate", "LC 95% CI", "scored", "failures",
+    table_rows = [[esc(e["model"]), esc(e.get("reference") or "—"), pct(e["win_rate"]),
+                   interval(e.get("ci_low"), e.get("ci_high")), pct(e.get("lc_win_rate")),
+                   interval(e.get("lc_ci_low"), e.get("lc_ci_high")), num(e.get("n_scored")),
+                   num(e.get("failures")), pct(e.get("failure_rate"))] for e in entries]
+    table = html_table(["model", "reference", "win rate", "95% CI", "LC win rate", "LC 95% CI", "scored", "failures",
                     "failure rate"], table_rows, text_columns=2)
-    notes = "".join(f'<p class="note">{_e(e["model"])}: length control — {_e(e["lc_note"])}</p>'
+    notes = "".join(f'<p class="note">{esc(e["model"])}: length control — {esc(e["lc_note"])}</p>'
                     for e in entries if e.get("lc_note"))
     return _section("win-rates", "Win rates", chart + table + notes,
                     "Wins count 1 and ties ½; unparseable judge answers are excluded and shown as failures. "
@@ -443,24 +260,24 @@ def _leaderboard_section(board: dict[str, Any]) -> str:
     ratings = board["ratings"]
     values = [r["rating"] for r in ratings] + [r[k] for r in ratings for k in ("ci_low", "ci_high") if r.get(k) is not None]
     pad = (max(values) - min(values)) * 0.08 or 50.0
-    rows = [_Row(r["model"], [_Mark(0, r["rating"], r.get("ci_low"), r.get("ci_high"), f"{r['rating']:.0f}")])
+    rows = [Row(r["model"], [Mark(0, r["rating"], r.get("ci_low"), r.get("ci_high"), f"{r['rating']:.0f}")])
             for r in ratings]
-    chart = _horizontal_chart(rows, ["rating"], domain=(min(values) - pad, max(values) + pad), css_class="leaderboard",
+    chart = horizontal_chart(rows, ["rating"], domain=(min(values) - pad, max(values) + pad), css_class="leaderboard",
                               dots=True, reference=board["anchor_rating"], tick_format=lambda t: f"{t:.0f}",
                               label="Bradley-Terry ratings with confidence intervals")
     level = board.get("confidence")
     level_text = f"{100 * level:.0f}% CI" if level is not None else "CI"
-    table = _table(["rank", "model", "rating", level_text, "battles"], [
-        [str(i + 1), _e(r["model"]), f"{r['rating']:.1f}",
+    table = html_table(["rank", "model", "rating", level_text, "battles"], [
+        [str(i + 1), esc(r["model"]), f"{r['rating']:.1f}",
          "anchor" if r["model"] == board["anchor"] else
          "—" if r.get("ci_low") is None or r.get("ci_high") is None else f"{r['ci_low']:.1f} – {r['ci_high']:.1f}",
-         _num(r.get("n_battles"))] for i, r in enumerate(ratings)], text_columns=2)
+         num(r.get("n_battles"))] for i, r in enumerate(ratings)], text_columns=2)
     content = chart + table
     matrix = board.get("win_matrix")
     if matrix:
         content += "<h3>Predicted win rate (row beats column)</h3>" + _win_matrix(matrix)
     note = (f"Bradley-Terry maximum likelihood, ties as half wins, on an Elo scale with "
-            f"{_e(board['anchor'])} fixed at {board['anchor_rating']:g} (dashed line).")
+            f"{esc(board['anchor'])} fixed at {board['anchor_rating']:g} (dashed line).")
     return _section("leaderboard", "Leaderboard", content, note)
 
 
@@ -469,11 +286,11 @@ def _win_matrix(matrix: dict[str, Any]) -> str:
         # white at 0.5, green towards 1, red towards 0
         strength = abs(p - 0.5) * 2
         r, g, b = (int(255 - strength * (255 - c)) for c in ((99, 190, 123) if p >= 0.5 else (248, 105, 107)))
-        return f'<td style="background: rgb({r}, {g}, {b})">{_pct(p)}</td>'
+        return f'<td style="background: rgb({r}, {g}, {b})">{pct(p)}</td>'
 
     names = matrix["models"]
-    rows = [[_e(name)] + [cell(p) for p in matrix["probabilities"][i]] for i, name in enumerate(names)]
-    return _table([""] + [_short(n, 16) for n in names], rows)
+    rows = [[esc(name)] + [cell(p) for p in matrix["probabilities"][i]] for i, name in enumerate(names)]
+    return html_table([""] + [shorten(n, 16) for n in names], rows)
 
 
 def _distributions_section(entries: list[dict[str, Any]]) -> str:
@@ -488,14 +305,14 @@ def _distributions_section(entries: list[dict[str, Any]]) -> str:
     y_max = max([max(c) for _, _, c in binned if c] or [1])  # shared height so models compare by eye
     for i, (e, bins, counts) in enumerate(binned):
         mean = sum(e["scores"]) / len(e["scores"]) if e["scores"] else None
-        title = e["model"] + (f" · {e['label']}" if e.get("label") else "") + f" (n={len(e['scores'])}, mean {_num(mean, 3)})"
-        histograms.append(_histogram(title, bins, counts, y_max, PALETTE[i % len(PALETTE)]))
+        title = e["model"] + (f" · {e['label']}" if e.get("label") else "") + f" (n={len(e['scores'])}, mean {num(mean, 3)})"
+        histograms.append(histogram(title, bins, counts, y_max, PALETTE[i % len(PALETTE)]))
     return _section("score-distributions", "Score distributions", f'<div class="charts">{"".join(histograms)}</div>')
 
 
 def _scatter_section(section: dict[str, Any]) -> str:
     unit = section.get("length_unit") or "tokens"
-    return _section("score-vs-length", "Score against response length", _scatter(section["series"], f"response length ({unit})"))
+    return _section("score-vs-length", "Score against response length", scatter(section["series"], f"response length ({unit})"))
 
 
 def _strategy_section(rows: list[dict[str, Any]]) -> str:
@@ -505,13 +322,13 @@ def _strategy_section(rows: list[dict[str, Any]]) -> str:
         ["mean accuracy", "positional agreement", "parse failures", "items"]
     body = []
     for r in rows:
-        cells = ([_e(r.get("dataset") or "—")] if with_dataset else []) + [_e(r["strategy"])]
-        cells += [_pct(r["accuracy_by_order"].get(o)) for o in orders]
-        cells += [_pct(r["mean_accuracy"]), _pct(r.get("positional_agreement")), _pct(r.get("parse_failure_rate")),
-                  _num(r.get("n_items"))]
+        cells = ([esc(r.get("dataset") or "—")] if with_dataset else []) + [esc(r["strategy"])]
+        cells += [pct(r["accuracy_by_order"].get(o)) for o in orders]
+        cells += [pct(r["mean_accuracy"]), pct(r.get("positional_agreement")), pct(r.get("parse_failure_rate")),
+                  num(r.get("n_items"))]
         body.append(cells)
     return _section("strategy-comparison", "Judge strategy comparison",
-                    _table(columns, body, text_columns=2 if with_dataset else 1),
+                    html_table(columns, body, text_columns=2 if with_dataset else 1),
                     "Accuracy against human labels in each presentation order; positional agreement is the share "
                     "of items judged the same way in both orders.")
 
@@ -521,11 +338,11 @@ _IFEVAL_METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instr
 
 def _ifeval_section(entries: list[dict[str, Any]]) -> str:
     series = [m.replace("_", " ") for m in _IFEVAL_METRICS]
-    rows = [_Row(e["model"], [_Mark(k, e[m], text=_pct(e[m])) for k, m in enumerate(_IFEVAL_METRICS)]) for e in entries]
-    chart = _horizontal_chart(rows, series, domain=(0.0, 1.0), css_class="ifeval", label="IFEval accuracies",
+    rows = [Row(e["model"], [Mark(k, e[m], text=pct(e[m])) for k, m in enumerate(_IFEVAL_METRICS)]) for e in entries]
+    chart = horizontal_chart(rows, series, domain=(0.0, 1.0), css_class="ifeval", label="IFEval accuracies",
                               tick_format=lambda t: f"{100 * t:.0f}%")
-    table = _table(["model", "prompt strict", "prompt loose", "instruction strict", "instruction loose", "prompts"],
-                   [[_e(e["model"])] + [_pct(e[m]) for m in _IFEVAL_METRICS] + [_num(e.get("n_prompts"))] for e in entries])
+    table = html_table(["model", "prompt strict", "prompt loose", "instruction strict", "instruction loose", "prompts"],
+                   [[esc(e["model"])] + [pct(e[m]) for m in _IFEVAL_METRICS] + [num(e.get("n_prompts"))] for e in entries])
     return _section("ifeval", "IFEval", chart + table)
 
 
@@ -535,26 +352,26 @@ def _before_after_section(entries: list[dict[str, Any]]) -> str:
     rows = []
     for e in entries:
         scale = max(abs(e["before"]), abs(e["after"])) or 1.0
-        rows.append(_Row(e["metric"], [_Mark(0, e["before"] / scale, text=_num(e["before"])),
-                                       _Mark(1, e["after"] / scale, text=_num(e["after"]))]))
-    chart = _horizontal_chart(rows, ["before training", "after training"], domain=(-1.0 if negative else 0.0, 1.0),
+        rows.append(Row(e["metric"], [Mark(0, e["before"] / scale, text=num(e["before"])),
+                                       Mark(1, e["after"] / scale, text=num(e["after"]))]))
+    chart = horizontal_chart(rows, ["before training", "after training"], domain=(-1.0 if negative else 0.0, 1.0),
                               css_class="before-after", label="metrics before and after training", show_axis=False)
     body = []
     for e in entries:
         change = e["after"] - e["before"]
         better = change > 0 if e.get("higher_is_better", True) else change < 0
         verdict = "" if change == 0 else ("better" if better else "worse")
-        body.append([_e(e["metric"]), _num(e["before"]), _num(e["after"]),
-                     f'<td class="{verdict}">{"+" if change > 0 else ""}{_num(change)}</td>'])
-    return _section("before-after", "Before and after training", chart + _table(["metric", "before", "after", "change"], body),
+        body.append([esc(e["metric"]), num(e["before"]), num(e["after"]),
+                     f'<td class="{verdict}">{"+" if change > 0 else ""}{num(change)}</td>'])
+    return _section("before-after", "Before and after training", chart + html_table(["metric", "before", "after", "change"], body),
                     "Bars are scaled per metric to its larger value; the table has the numbers.")
 
 
 def _tables_section(tables: list[dict[str, Any]]) -> str:
     parts = []
     for t in tables:
-        rows = [[_e(_num(cell, 6)) for cell in row] for row in t["rows"]]
-        parts.append(f"<h3>{_e(t['title'])}</h3>" + _table(t["columns"], rows))
+        rows = [[esc(num(cell, 6)) for cell in row] for row in t["rows"]]
+        parts.append(f"<h3>{esc(t['title'])}</h3>" + html_table(t["columns"], rows))
     return _section("tables", "Tables", "".join(parts))
 
 
@@ -575,9 +392,9 @@ def render_html(results: dict[str, Any]) -> str:
     title = results.get("title") or "alignkit evaluation report"
     css = resources.files("alignkit.evaluation").joinpath("report_assets/report.css").read_text(encoding="utf-8")
     present = [name for name in SECTIONS if results.get(name)]
-    nav = "".join(f'<a href="#{n.replace("_", "-")}">{_e(_RENDERERS[n][0])}</a>' for n in present)
+    nav = "".join(f'<a href="#{n.replace("_", "-")}">{esc(_RENDERERS[n][0])}</a>' for n in present)
     meta = results.get("meta") or {}
-    meta_html = ('<dl class="meta">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(_num(v))}</dd>" for k, v in meta.items())
+    meta_html = ('<dl class="meta">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(num(v))}</dd>" for k, v in meta.items())
                  + "</dl>") if meta else ""
     sections = "".join(_RENDERERS[name][1](results[name]) for name in present)
     return (
@@ -585,8 +402,8 @@ def render_html(results: dict[str, Any]) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
-        f"<title>{_e(title)}</title><style>{css}</style></head>\n<body>"
-        f"<h1>{_e(title)}</h1>{meta_html}<nav>{nav}</nav>{sections}</body></html>\n"
+        f"<title>{esc(title)}</title><style>{css}</style></head>\n<body>"
+        f"<h1>{esc(title)}</h1>{meta_html}<nav>{nav}</nav>{sections}</body></html>\n"
     )
 
 
