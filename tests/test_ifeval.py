@@ -21,6 +21,7 @@ from alignkit.evaluation.ifeval import (
     split_paragraphs,
     validate_kwargs,
 )
+from alignkit.data.errors import RecordError
 from alignkit.evaluation.ifeval.__main__ import main as cli_main
 from alignkit.evaluation.ifeval.language import detect_language
 
@@ -287,7 +288,8 @@ GOOD = {"key": 1, "prompt": "Say hi", "instruction_id_list": ["punctuation:no_co
 ])
 def test_malformed_prompt_file_errors_name_file_line_and_field(tmp_path, bad_line, expected):
     path = _write_lines(tmp_path / "input.jsonl", [GOOD, bad_line])
-    with pytest.raises(IFEvalFormatError, match=str(path).replace(".", r"\.") + expected):
+    # Lines that are not JSON objects are the file reader's RecordError; bad fields are IFEvalFormatError.
+    with pytest.raises((IFEvalFormatError, RecordError), match=str(path).replace(".", r"\.") + expected):
         load_ifeval_prompts(path)
 
 

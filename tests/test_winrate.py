@@ -5,6 +5,7 @@ import statistics
 import numpy as np
 import pytest
 
+from alignkit.data.errors import RecordError
 from alignkit.evaluation.winrate import (
     VerdictError, length_controlled_win_rate, load_verdicts, validate_verdicts, win_rate, win_rate_entry,
 )
@@ -107,7 +108,7 @@ def test_load_verdicts_names_file_and_line(tmp_path):
     with pytest.raises(VerdictError, match=f"{path}:4 \\(id '3'\\): field 'winner'"):
         load_verdicts(path)
     path.write_text(json.dumps(verdict(1, "model")) + "\n{not json\n")
-    with pytest.raises(VerdictError, match=f"{path}:2: invalid JSON"):
+    with pytest.raises(RecordError, match=f"{path}:2: invalid JSON"):
         load_verdicts(path)
     path.write_text("\n".join(lines[:3]) + "\n")
     loaded = load_verdicts(path)

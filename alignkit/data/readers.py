@@ -75,6 +75,15 @@ class DataSpec:
         return cls(**item)
 
 
+def located_records(path: str | os.PathLike) -> Iterator[tuple[dict, dict]]:
+    """(location, object) per record of one file; `location` holds the keyword arguments of a RecordError there.
+
+    For loaders that check their own fields and name the file and line of a bad one.
+    """
+    for record in read_records(path):
+        yield {"path": record.path, "line": record.line, "unit": record.unit}, record.data
+
+
 def as_specs(sources: Any, *, fmt: str = "auto", split: str | None = None) -> list[DataSpec]:
     """Normalise one path / DataSpec / config mapping, or a list of them, to DataSpecs.
 

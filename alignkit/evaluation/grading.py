@@ -9,12 +9,12 @@ turns shown as context. Answers come from the caller, one string per turn.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from alignkit.data.errors import DataError, RecordError, describe_type
+from alignkit.data.errors import RecordError, describe_type
+from alignkit.data.readers import located_records
 from alignkit.evaluation import judge_prompts
 from alignkit.evaluation.judges import CallLog, ask_parsed, completion_failure
 from alignkit.evaluation.verdicts import ParsedScore, parse_score
@@ -22,29 +22,6 @@ from alignkit.generation.backend import Backend, Completion, SamplingParams
 
 SINGLE_SCALE = (1, 10)
 RUBRIC_SCALE = (1, 5)
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[dict, dict]]:
-    """Yield (location, object) per non-blank line; `location` is the keyword arguments of a RecordError there.
-
-    Bad JSON or a non-object raises a RecordError naming the line; a file without records a DataError.
-    """
-    found = False
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            at = {"path": str(path), "line": number}
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RecordError("", f"invalid JSON: {error.msg} at column {error.colno}", **at) from None
-            if not isinstance(record, dict):
-                raise RecordError("", f"expected a JSON object, got {describe_type(record)}", **at)
-            found = True
-            yield at, record
-    if not found:
-        raise DataError(f"{path}: contains no records")
 
 
 def _text_list(record: dict, name: str, at: dict, required: bool = True) -> tuple[str, ...] | None:
@@ -78,7 +55,7 @@ class MTBenchQuestion:
 def load_mt_bench_questions(path: str | os.PathLike) -> list[MTBenchQuestion]:
     """Read `{"question_id", "category", "turns": [...], "reference"?: [...]}` lines."""
     questions, seen = [], {}
-    for at, record in read_jsonl(path):
+    for at, record in located_records(path):
         question_id = _id(record, "question_id", at)
         if question_id in seen:
             raise RecordError("question_id", f"{question_id!r} already used at {seen[question_id]}", **at)
@@ -94,7 +71,7 @@ def load_mt_bench_questions(path: str | os.PathLike) -> list[MTBenchQuestion]:
 def load_answers(path: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """Read answers as `{"question_id", "turns": [...]}` or FastChat's `{"question_id", "choices": [{"turns"}]}`."""
     answers: dict[str, tuple[str, ...]] = {}
-    for at, record in read_jsonl(path):
+    for at, record in located_records(path):
         question_id = _id(record, "question_id", at)
         if question_id in answers:
             raise RecordError("question_id", f"a second answer for question {question_id!r}", **at)
@@ -240,7 +217,7 @@ class RubricItem:
 def load_rubric_items(path: str | os.PathLike) -> list[RubricItem]:
     """Read `{"id", "instruction", "response", "rubric"?, "reference"?, "category"?}` lines."""
     items, seen = [], {}
-    for at, record in read_jsonl(path):
+    for at, record in located_records(path):
         item_id = _id(record, "id", at)
         if item_id in seen:
             raise RecordError("id", f"{item_id!r} already used at {seen[item_id]}", **at)

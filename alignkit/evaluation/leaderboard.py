@@ -10,13 +10,14 @@ theta_anchor), so a 400-point gap means 10:1 odds and the anchor model sits at
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from alignkit.data.readers import read_records
 
 WINNER_SCORES: dict[str, float] = {"a": 1.0, "tie": 0.5, "b": 0.0}
 ELO_PER_LOGIT = 400.0 / math.log(10.0)
@@ -95,19 +96,8 @@ def validate_battles(records: Iterable[Any], source: str = "battles") -> list[Ba
 
 
 def load_battles(path: str | Path) -> list[Battle]:
-    """Read battles from a JSONL file; errors name the file and line."""
-    path = Path(path)
-    battles: list[Battle] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BattleError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-            battles.append(parse_battle(record, f"{path}:{line_no}"))
-    return battles
+    """Read battles from a file (JSONL, JSON, Parquet, CSV); errors name the file and line."""
+    return [parse_battle(record.data, f"{record.path}:{record.line}") for record in read_records(path)]
 
 
 # ----------------------------------------------------------------------------- fitting

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from alignkit.data.errors import DataError, RecordError, describe_type
-from alignkit.evaluation.grading import read_jsonl
+from alignkit.data.readers import located_records
 from alignkit.evaluation.judges import ORDERS, JudgeConfig, PairItem, PairJudgment, Strategy, judge_pairs
 from alignkit.generation.backend import Backend
 
@@ -179,7 +179,7 @@ class Prediction:
 def load_predictions(path: str | os.PathLike) -> list[Prediction]:
     """Read predictions JSONL `{"id", "order"?: "ab"|"ba", "verdict": 1|2|null}`; order defaults to "ab"."""
     predictions, seen = [], {}
-    for at, record in read_jsonl(path):
+    for at, record in located_records(path):
         where = f"{at['path']}:{at['line']}"
         pair_id = record.get("id")
         if isinstance(pair_id, bool) or not isinstance(pair_id, (str, int)) or pair_id == "":

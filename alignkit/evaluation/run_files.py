@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alignkit.data.errors import DataError, RecordError, describe_type
-from alignkit.evaluation.grading import read_jsonl
+from alignkit.data.readers import located_records
 from alignkit.evaluation.report import SECTIONS, write_report
 
 RESULTS_FORMAT = "alignkit-eval-results"
@@ -62,7 +62,7 @@ def _last_user_turn(record: dict, at: dict) -> str:
 def load_outputs(path: str | os.PathLike) -> list[OutputRecord]:
     """Read a model-outputs JSONL; a missing or mistyped field raises a RecordError naming file, line and field."""
     records = []
-    for at, record in read_jsonl(path):
+    for at, record in located_records(path):
         if "prompt" in record or "instruction" in record or "messages" not in record:
             _, prompt = _text_field(record, ("prompt", "instruction"), at, "instruction")
         else:

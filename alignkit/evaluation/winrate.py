@@ -20,13 +20,14 @@ is the fitted probability at zero length difference, i.e. sigmoid(intercept).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from alignkit.data.readers import read_records
 
 WINNER_SCORES: dict[str, float] = {"model": 1.0, "tie": 0.5, "reference": 0.0}
 Z_95 = 1.959963984540054
@@ -117,19 +118,8 @@ def validate_verdicts(records: Iterable[Any], source: str = "records") -> list[V
 
 
 def load_verdicts(path: str | Path) -> list[Verdict]:
-    """Read verdict records from a JSONL file; errors name the file and line."""
-    path = Path(path)
-    verdicts: list[Verdict] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise VerdictError(f"{where}: invalid JSON ({err.msg})") from None
-            verdicts.append(parse_verdict(record, where))
+    """Read verdict records from a file (JSONL, JSON, Parquet, CSV); errors name the file and line."""
+    verdicts = [parse_verdict(record.data, f"{record.path}:{record.line}") for record in read_records(path)]
     _check_unique_ids(verdicts, str(path))
     return verdicts
 

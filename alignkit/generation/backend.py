@@ -5,7 +5,7 @@ Local transformers models, OpenAI-compatible HTTP endpoints and vLLM all sit beh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, asdict
 from typing import Protocol, Sequence
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from alignkit.data.errors import DataError, RecordError
 from alignkit.evaluation.ifeval.data import IFEvalFormatError, load_ifeval_prompts, read_responses
 from alignkit.evaluation.ifeval.scoring import IFEvalResult, score_ifeval
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = score_ifeval(load_ifeval_prompts(args.prompts), read_responses(args.responses))
-    except (IFEvalFormatError, OSError) as error:
+    except (IFEvalFormatError, RecordError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(_summary(result))

@@ -1,11 +1,11 @@
 """Reading IFEval prompt files and model response files (both JSONL), with file:line:field errors."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from alignkit.data.readers import read_records
 from alignkit.evaluation.ifeval.registry import InstructionError, validate_kwargs
 
 
@@ -29,18 +29,9 @@ class IFEvalPrompt:
 
 
 def _json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; anything but a JSON object is an error."""
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise IFEvalFormatError(f"{path}:{line_number}: invalid JSON: {error.msg}") from None
-            if not isinstance(record, dict):
-                raise IFEvalFormatError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            yield line_number, record
+    """(line number, object) per record; bad JSON or a non-object raises the reader's RecordError."""
+    for record in read_records(path):
+        yield record.line, record.data
 
 
 def _field(record: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
