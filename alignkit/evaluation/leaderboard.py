@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from alignkit.data.readers import read_records
+from alignkit.evaluation.newton import minimize_newton, sigmoid
 
 WINNER_SCORES: dict[str, float] = {"a": 1.0, "tie": 0.5, "b": 0.0}
 ELO_PER_LOGIT = 400.0 / math.log(10.0)
@@ -102,10 +103,6 @@ def load_battles(path: str | Path) -> list[Battle]:
 
 # ----------------------------------------------------------------------------- fitting
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 def fit_strengths(
     index_a: np.ndarray, index_b: np.ndarray, scores: np.ndarray, n_models: int, *,
     weights: np.ndarray | None = None, l2: float = 1e-4, start: np.ndarray | None = None,
@@ -126,30 +123,17 @@ def fit_strengths(
     np.add.at(won, (index_a, index_b), weights * scores)
     games, won = games + games.T, won + (games.T - won.T)  # won[i, j]: score of i against j
 
-    theta = np.zeros(n_models) if start is None else start.copy()
-
     def loss(t: np.ndarray) -> float:
         diff = t[:, None] - t[None, :]
         return float(np.sum(games * np.logaddexp(0.0, diff) - won * diff) / 2 + 0.5 * l2 * np.sum(t * t))
 
-    current = loss(theta)
-    for _ in range(max_iter):
-        probs = _sigmoid(theta[:, None] - theta[None, :])
-        grad = np.sum(games * probs - won, axis=1) + l2 * theta
+    def gradient_and_hessian(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs = sigmoid(t[:, None] - t[None, :])
         curvature = games * probs * (1 - probs)
-        hessian = np.diag(curvature.sum(axis=1) + l2) - curvature
-        step = np.linalg.solve(hessian, grad)
-        scale = 1.0
-        while scale > 1e-8:
-            candidate = theta - scale * step
-            value = loss(candidate)
-            if value <= current + 1e-12:
-                break
-            scale *= 0.5
-        theta, current = candidate, value
-        if np.max(np.abs(scale * step)) < tol:
-            return theta
-    raise RuntimeError(f"Bradley-Terry fit did not converge in {max_iter} Newton steps")
+        return np.sum(games * probs - won, axis=1) + l2 * t, np.diag(curvature.sum(axis=1) + l2) - curvature
+
+    return minimize_newton(loss, gradient_and_hessian, np.zeros(n_models) if start is None else start,
+                           max_iter=max_iter, tol=tol, what="Bradley-Terry fit")
 
 
 def _check_connected(models: list[str], index_a: np.ndarray, index_b: np.ndarray) -> None:
@@ -219,7 +203,7 @@ def bradley_terry(
     order = sorted(range(len(models)), key=lambda i: (-ratings[i], models[i]))
     ranked = [models[i] for i in order]
     ranked_theta = theta[order]
-    win_matrix = _sigmoid(ranked_theta[:, None] - ranked_theta[None, :])
+    win_matrix = sigmoid(ranked_theta[:, None] - ranked_theta[None, :])
     np.fill_diagonal(win_matrix, 0.5)
     counts = np.bincount(np.concatenate([index_a, index_b]), minlength=len(models))
     return Leaderboard(

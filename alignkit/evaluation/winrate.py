@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from alignkit.data.readers import read_records
+from alignkit.evaluation.newton import minimize_newton, sigmoid
 
 WINNER_SCORES: dict[str, float] = {"model": 1.0, "tie": 0.5, "reference": 0.0}
 Z_95 = 1.959963984540054
@@ -245,11 +246,6 @@ def win_rate(records: Iterable[Any], swapped: Iterable[Any] | None = None, *, z:
 
 # ----------------------------------------------------------------------------- length control
 
-def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
-    # tanh form does not overflow for large |x|
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x)))
-
-
 def fit_logistic(
     features: np.ndarray, targets: np.ndarray, penalty: np.ndarray, *, max_iter: int = 100, tol: float = 1e-10,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -261,34 +257,20 @@ def fit_logistic(
     spread around its fit, so a tie counts as less noisy than a coin flip.
     """
     n, k = features.shape
-    beta = np.zeros(k)
 
     def loss(b: np.ndarray) -> float:
         eta = features @ b
         return float(np.sum(np.logaddexp(0.0, eta) - targets * eta) + 0.5 * np.sum(penalty * b * b))
 
-    current = loss(beta)
-    for _ in range(max_iter):
-        probs = _sigmoid(features @ beta)
-        grad = features.T @ (probs - targets) + penalty * beta
+    def gradient_and_hessian(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs = sigmoid(features @ b)
         hessian = (features * (probs * (1 - probs))[:, None]).T @ features + np.diag(penalty)
-        step = np.linalg.solve(hessian, grad)
-        scale = 1.0
-        while scale > 1e-8:  # halve the step until the loss goes down
-            candidate = beta - scale * step
-            value = loss(candidate)
-            if value <= current + 1e-12:
-                break
-            scale *= 0.5
-        beta, current = candidate, value
-        if np.max(np.abs(scale * step)) < tol:
-            break
-    else:
-        raise RuntimeError(f"logistic regression did not converge in {max_iter} Newton steps")
+        return features.T @ (probs - targets) + penalty * b, hessian
 
-    probs = _sigmoid(features @ beta)
-    hessian = (features * (probs * (1 - probs))[:, None]).T @ features + np.diag(penalty)
-    per_item = features * (targets - probs)[:, None]
+    beta = minimize_newton(loss, gradient_and_hessian, np.zeros(k), max_iter=max_iter, tol=tol,
+                           what="logistic regression")
+    _, hessian = gradient_and_hessian(beta)
+    per_item = features * (targets - sigmoid(features @ beta))[:, None]
     bread = np.linalg.inv(hessian)
     # n / (n - k) is the usual small-sample correction; with an intercept only it makes the
     # standard error equal to the ddof=1 standard error of the mean.
@@ -345,7 +327,7 @@ def length_controlled_win_rate(
     penalty = np.zeros(columns.shape[1])
     penalty[1:] = slope_penalty
     beta, covariance = fit_logistic(columns, scores, penalty)
-    rate = float(_sigmoid(beta[0]))
+    rate = float(sigmoid(beta[0]))
     coef = float(beta[1]) if len(beta) > 1 else 0.0
     if n <= columns.shape[1]:
         return result(rate, None, None, None, float(beta[0]), coef, length_scale, "too few items for a standard error")
@@ -353,8 +335,8 @@ def length_controlled_win_rate(
     return result(
         rate,
         rate * (1 - rate) * se_logit,
-        float(_sigmoid(beta[0] - z * se_logit)),
-        float(_sigmoid(beta[0] + z * se_logit)),
+        float(sigmoid(beta[0] - z * se_logit)),
+        float(sigmoid(beta[0] + z * se_logit)),
         float(beta[0]),
         coef,
         length_scale,
