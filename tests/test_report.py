@@ -67,6 +67,8 @@ def expected_marks(results: dict) -> dict[str, int]:
         "leaderboard": len(results["leaderboard"].models),
         "histogram": sum(e["scale_max"] - e["scale_min"] + 1 for e in results["score_distributions"]),
         "scatter": sum(len(s["lengths"]) for s in results["score_vs_length"]["series"]),
+        "strategies": sum(r.get(key) is not None for r in results["strategy_comparison"]
+                          for key in ("mean_accuracy", "positional_agreement", "parse_failure_rate")),
         "ifeval": 4 * len(results["ifeval"]),
         "before-after": 2 * len(results["before_after"]),
     }
@@ -156,6 +158,15 @@ def test_only_present_sections_are_rendered(tmp_path):
     for absent in ("win-rates", "leaderboard", "score-distributions", "score-vs-length", "strategy-comparison",
                    "before-after", "tables"):
         assert f'id="{absent}"' not in text
+
+
+def test_strategy_chart_shows_the_overall_rows_when_there_are_any(tmp_path):
+    row = {"accuracy_by_order": {"ab": 0.5}, "mean_accuracy": 0.5, "positional_agreement": 0.25,
+           "parse_failure_rate": 0.125}
+    rows = [dict(row, strategy=s, dataset=d) for s in ("plain", "cot") for d in ("all", "natural", "neighbor")]
+    counter = ChartCounter()
+    counter.feed(write_report({"strategy_comparison": rows}, tmp_path)[0].read_text())
+    assert counter.marks["strategies"] == 2 * 3  # two strategies over all datasets, three marks each
 
 
 def test_strategy_table_shows_every_order_column(tmp_path):

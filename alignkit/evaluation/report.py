@@ -328,9 +328,27 @@ def _strategy_section(rows: list[dict[str, Any]]) -> str:
                   num(r.get("n_items"))]
         body.append(cells)
     return _section("strategy-comparison", "Judge strategy comparison",
-                    html_table(columns, body, text_columns=2 if with_dataset else 1),
+                    _strategy_chart(rows) + html_table(columns, body, text_columns=2 if with_dataset else 1),
                     "Accuracy against human labels in each presentation order; positional agreement is the share "
-                    "of items judged the same way in both orders.")
+                    "of items judged the same way in both orders. The chart shows the rows over all datasets when "
+                    "there are such rows; the dashed line is chance (50%).")
+
+
+_STRATEGY_SERIES = (("mean accuracy", "mean_accuracy"), ("positional agreement", "positional_agreement"),
+                    ("parse failures", "parse_failure_rate"))
+
+
+def _strategy_chart(rows: list[dict[str, Any]]) -> str:
+    overall = [r for r in rows if r.get("dataset") == "all"]
+    charted = overall or rows
+    chart_rows = []
+    for r in charted:
+        label = r["strategy"] if overall or not r.get("dataset") else f"{r['strategy']} ({r['dataset']})"
+        chart_rows.append(Row(label, [Mark(i, r.get(key), text=pct(r.get(key)))
+                                      for i, (_, key) in enumerate(_STRATEGY_SERIES)]))
+    return horizontal_chart(chart_rows, [name for name, _ in _STRATEGY_SERIES], domain=(0.0, 1.0),
+                            css_class="strategies", reference=0.5, tick_format=lambda t: f"{100 * t:.0f}%",
+                            label="judge accuracy, positional agreement and parse failures per strategy")
 
 
 _IFEVAL_METRICS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
