@@ -1,4 +1,4 @@
-"""Reading IFEval prompt files and model response files (both JSONL), with file:line:field errors."""
+"""Reading IFEval prompt files and model response files (JSONL, or any format the record reader takes), with file:line:field errors."""
 from __future__ import annotations
 
 import os
