@@ -18,6 +18,10 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
+CHAT_TEMPLATE_HELP = ("for a model whose tokenizer has no chat template: a Jinja template file, or chatml, "
+                      "llama3 or inst (default: the tokenizer's own)")
+
+
 def _params(a):
     from alignkit.generation.backend import SamplingParams
 
@@ -25,11 +29,13 @@ def _params(a):
                           n=a.n, seed=a.seed, stop=tuple(a.stop))
 
 
-def _local_backend(model: str, dtype: str, batch_size: int):
+def _local_backend(model: str, dtype: str, batch_size: int, chat_template: str = ""):
     from alignkit.generation.local import LocalBackend
-    from alignkit.models.loading import load_model
+    from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
 
-    m, tok = load_model(model, dtype=dtype)
+    # The tokenizer first: a missing chat template is reported before the model loads.
+    tok = use_chat_template(load_tokenizer(model), chat_template, model, option="--chat-template")
+    m, _ = load_model(model, dtype=dtype)
     return LocalBackend(m, tok, batch_size=batch_size, model_id=model or "embedded")
 
 
@@ -43,16 +49,21 @@ def cmd_sft(a) -> None:
 
 
 def cmd_generate(a) -> None:
-    from alignkit.generation.files import generate_file
+    from alignkit.generation.files import generate_file, read_prompts
+    from alignkit.paths import check_output_file
 
-    n = generate_file(_local_backend(a.model, a.dtype, a.batch_size), a.prompts, a.out, _params(a))
+    # Inputs and output are checked before the model loads, so a mistake costs no load or generation.
+    check_output_file(a.out, "--out")
+    prompts, _ = read_prompts(a.prompts)
+    params = _params(a)
+    n = generate_file(_local_backend(a.model, a.dtype, a.batch_size, a.chat_template), prompts, a.out, params)
     print(f"wrote {n} responses to {a.out}")
 
 
 def cmd_chat(a) -> None:
     from alignkit.generation.chat_repl import chat_loop
 
-    chat_loop(_local_backend(a.model, a.dtype, 1), _params(a), system=a.system)
+    chat_loop(_local_backend(a.model, a.dtype, 1, a.chat_template), _params(a), system=a.system)
 
 
 def cmd_prepare(a) -> None:
@@ -71,8 +82,11 @@ def cmd_demo(a) -> None:
 def cmd_eval_ifeval(a) -> None:
     import json
 
-    from alignkit.evaluation.ifeval import load_ifeval_prompts, read_responses, score_ifeval
+    from alignkit.evaluation.ifeval import coverage_note, load_ifeval_prompts, read_responses, score_ifeval
+    from alignkit.paths import check_output_file
 
+    if a.out:
+        check_output_file(a.out, "--out")  # before any model loads and generates
     prompts = load_ifeval_prompts(a.prompts)
     if a.limit:
         prompts = prompts[: a.limit]
@@ -81,15 +95,19 @@ def cmd_eval_ifeval(a) -> None:
     else:
         from alignkit.generation.local import generate_texts
 
-        backend = _local_backend(a.model, a.dtype, a.batch_size)
+        backend = _local_backend(a.model, a.dtype, a.batch_size, a.chat_template)
         outs = generate_texts(backend, [[{"role": "user", "content": p.prompt}] for p in prompts], _params(a))
         responses = {p.prompt: o[0].text for p, o in zip(prompts, outs)}
     result = score_ifeval(prompts, responses)
+    note = coverage_note(result, a.responses) if a.responses else None  # raises when nothing matched
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     d = result.to_dict()
-    print(json.dumps({k: d[k] for k in d if k.startswith(("prompt_level", "instruction_level"))}, indent=2))
+    print(json.dumps({k: d[k] for k in d if k.startswith(("prompt_level", "instruction_level", "n_"))}, indent=2))
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(d, f, indent=2)
+        from alignkit.evaluation.run_files import write_json_atomic
+
+        write_json_atomic(a.out, d)
 
 
 # ---- preference learning and reward models ----
@@ -144,9 +162,15 @@ def cmd_rm(a) -> None:
 
 
 def cmd_score(a) -> None:
+    from alignkit.data.readers import read_records
     from alignkit.evaluation.reward_eval import score_file
     from alignkit.models.reward import load_reward_model
+    from alignkit.paths import check_output_file
 
+    check_output_file(a.out, "--out")  # before the model loads and every record is scored
+    # Data first, as in training: an unreadable file fails in seconds, before the model loads.
+    for _ in read_records(a.input):
+        pass
     model, tok = load_reward_model(a.model, dtype=a.dtype)
     written, cut = score_file(model, tok, a.input, a.out, batch_size=a.batch_size, max_length=a.max_length)
     note = f" ({cut} cut from the left to --max-length {a.max_length})" if cut else ""
@@ -154,9 +178,14 @@ def cmd_score(a) -> None:
 
 
 def cmd_rm_eval(a) -> None:
-    from alignkit.evaluation.reward_eval import rm_eval, write_result
+    from alignkit.evaluation.reward_eval import load_eval_pairs, rm_eval, write_result
     from alignkit.models.reward import load_reward_model
+    from alignkit.paths import check_output_file
 
+    if a.out:
+        check_output_file(a.out, "--out")  # before the model loads and every pair is scored
+    # Data first, as in training: a bad file or record fails in seconds, before the model loads.
+    load_eval_pairs(a.data, skip_bad=a.skip_bad)
     model, tok = load_reward_model(a.model, dtype=a.dtype)
     result = rm_eval(model, tok, a.data, batch_size=a.batch_size, max_length=a.max_length, skip_bad=a.skip_bad)
     print(result.table())
@@ -190,7 +219,8 @@ def add_preference_commands(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. center_coefficient=0.01")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("score", help="score responses in a file with a reward model (JSONL out, `reward` added)")
+    p = sub.add_parser("score", help="score responses in a file with a reward model (JSONL out: `reward` for one "
+                                     "response, `rewards` for a list)")
     p.add_argument("--model", required=True, help="a reward-model folder (from alignkit rm)")
     p.add_argument("--input", required=True, help="records with prompt/messages and response(s), or whole "
                                                   "conversations ending with an assistant turn")
@@ -252,7 +282,10 @@ def _judge_args(p: argparse.ArgumentParser, strategy: bool = True) -> None:
 def _judge_options(a):
     from alignkit.evaluation.backends import BackendOptions
     from alignkit.evaluation.commands import JudgeOptions
+    from alignkit.paths import check_output_file
 
+    if a.cache:
+        check_output_file(a.cache, "--cache")  # an SQLite file: a folder there would fail after the judge loads
     backend = BackendOptions(base_url=a.judge_base_url, api_key_env=a.judge_api_key_env,
                              max_concurrency=a.judge_concurrency, timeout=a.judge_timeout,
                              max_retries=a.judge_retries, dtype=a.judge_dtype, batch_size=a.judge_batch_size)
@@ -265,14 +298,18 @@ def _judge_options(a):
 
 def cmd_eval_pairwise(a) -> None:
     from alignkit.evaluation.commands import eval_pairwise
+    from alignkit.paths import check_output_dir
 
+    check_output_dir(a.out, "--out")  # before the judge loads and every pair is judged
     eval_pairwise(a.outputs, a.reference, a.out, _judge_options(a), model=a.model_name,
                   reference_model=a.reference_name, limit=a.limit, report=a.report)
 
 
 def cmd_eval_grade(a) -> None:
     from alignkit.evaluation.commands import eval_grade
+    from alignkit.paths import check_output_dir
 
+    check_output_dir(a.out, "--out")  # before the judge loads and every answer is graded
     try:
         turns = [int(t) for t in a.turns.split(",")] if a.turns else None
     except ValueError:
@@ -283,14 +320,18 @@ def cmd_eval_grade(a) -> None:
 
 def cmd_leaderboard(a) -> None:
     from alignkit.evaluation.commands import leaderboard
+    from alignkit.paths import check_output_dir
 
+    check_output_dir(a.out, "--out")  # before the judge loads and every battle is judged
     leaderboard(a.out, battles=a.battles, outputs=a.outputs or (), judge=_judge_options(a), limit=a.limit,
                 anchor=a.anchor, n_bootstrap=a.bootstrap, seed=a.seed, report=a.report)
 
 
 def cmd_meta_eval(a) -> None:
     from alignkit.evaluation.commands import run_meta_eval
+    from alignkit.paths import check_output_dir
 
+    check_output_dir(a.out, "--out")  # before the judge loads and every pair is judged
     strategies = [s for s in a.strategies.split(",") if s.strip()] if a.strategies else []
     judge = _judge_options(a) if strategies else None
     run_meta_eval(a.pairs, a.out, judge, strategies=strategies, predictions=a.predictions or (), limit=a.limit,
@@ -299,17 +340,26 @@ def cmd_meta_eval(a) -> None:
 
 def cmd_report(a) -> None:
     from alignkit.evaluation.commands import build_report
+    from alignkit.paths import check_output_dir
 
+    check_output_dir(a.out, "--out")
     build_report(a.results, a.out, a.title)
 
 
 def cmd_serve(a) -> None:
     from alignkit.evaluation.backends import BackendOptions
     from alignkit.evaluation.commands import serve_model
+    from alignkit.serving.app import api_key_from_env, check_exposure, check_request_limits
 
+    # Checked before loading the model, which can take minutes.
+    api_key = api_key_from_env(a.api_key_env)
+    check_exposure(a.host, api_key, a.insecure_no_api_key)
+    check_request_limits(a.default_max_tokens, a.max_completions_per_request, a.max_tokens_cap)
     serve_model(a.model, host=a.host, port=a.port, name=a.name,
                 options=BackendOptions(dtype=a.dtype, batch_size=a.batch_size, device=a.device),
-                default_max_tokens=a.default_max_tokens)
+                default_max_tokens=a.default_max_tokens, api_key=api_key,
+                insecure_no_api_key=a.insecure_no_api_key,
+                max_completions_per_request=a.max_completions_per_request, max_tokens_cap=a.max_tokens_cap)
 
 
 def add_evaluation_commands(sub, ev) -> None:
@@ -378,8 +428,18 @@ def add_evaluation_commands(sub, ev) -> None:
                                      "/v1/completions, /v1/models)")
     p.add_argument("--model", default="embedded", help="embedded, a model folder, a .gguf file or a hub id")
     p.add_argument("--name", help="model name clients send (default: the --model value)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; any but loopback needs an API key or --insecure-no-api-key")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", default="ALIGNKIT_API_KEY",
+                   help="environment variable holding the key clients must send as 'Authorization: Bearer <key>' "
+                        "(unset: no key; never a command-line flag, so it stays out of ps and shell history)")
+    p.add_argument("--insecure-no-api-key", action="store_true",
+                   help="serve a non-loopback --host without a key: anyone who can reach the port can use the model")
+    p.add_argument("--max-completions-per-request", type=int, default=64,
+                   help="largest n x number of prompts one request may ask for (larger: 400)")
+    p.add_argument("--max-tokens-cap", type=int, default=4096,
+                   help="largest max_tokens / max_completion_tokens one request may ask for (larger: 400)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (requests are merged)")
     p.add_argument("--default-max-tokens", type=int, default=512, help="when a request sets no max_tokens")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -398,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="answer a file of prompts (JSONL/JSON/Parquet/CSV) into a JSONL file")
     p.add_argument("--model", default="embedded")
+    p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=16)
@@ -407,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="talk to a model in the terminal")
     p.add_argument("--model", default="embedded")
+    p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
     p.add_argument("--system", default=None)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     _sampling_args(p)
@@ -428,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="IFEval input_data.jsonl")
     p.add_argument("--responses", help="JSONL of {prompt, response}; omit to generate with --model")
     p.add_argument("--model", default="embedded")
+    p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -440,16 +503,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trains(args) -> bool:
+    """sft, pref (and its shorthands) and rm: the commands that train as one run under torchrun."""
+    from alignkit.training.preference import SHORTHANDS
+
+    return args.command in ("sft", "pref", "rm", *SHORTHANDS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from alignkit.errors import is_user_error
+    from alignkit.training.distributed import PeerFailed, launched, process_group
 
+    trains = _trains(args)
+    # Each rank reports its own error: the launcher stops the others as soon as one exits, so a rank
+    # that stayed silent could end rank 0 before it printed. The rank tells the duplicate lines apart.
+    rank = os.environ.get("RANK", "0").strip() if trains else "0"
+    where = f" (rank {rank})" if rank not in ("", "0") else ""
     try:
-        args.func(args)
+        if not trains and launched():
+            # Every copy would do the whole work and write the same files.
+            raise ValueError(f"`alignkit {args.command}` runs as one process; under torchrun or accelerate "
+                             "launch only the training commands (sft, pref and its shorthands, rm) run")
+        with process_group(trains):
+            args.func(args)
+    except PeerFailed as e:
+        print(f"alignkit {args.command}: error{where}: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         if os.environ.get("ALIGNKIT_DEBUG") or not is_user_error(e):
             raise
-        print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"alignkit {args.command}: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

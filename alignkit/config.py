@@ -2,11 +2,14 @@
 
 `load_config(SFTConfig, "sft.yaml", ["train.lr=1e-4", "model.lora.enabled=true"])` reads the file,
 applies the overrides (values parsed as YAML scalars, so types come out right) and checks every
-key against the dataclass fields, naming the unknown ones.
+key against the dataclass fields, naming the unknown ones. Then every section that has a
+`validate(where)` method checks its values (see `validate_config`), so a bad value is a one-line
+error naming its key before anything is loaded.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -89,17 +92,7 @@ def to_dict(cfg) -> dict:
 
 
 def load_config(cls: type[T], path: str | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    tree: dict = {}
-    if path:
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+    tree = _read_yaml(path) if path else {}
     defaults = dataclasses.asdict(cls()) if _all_defaulted(cls) else {}
     merged = _deep_merge(defaults, tree)
     for item in overrides:
@@ -107,7 +100,86 @@ def load_config(cls: type[T], path: str | None = None, overrides: typing.Sequenc
             raise ConfigError(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         _set_dotted(merged, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return _build(cls, merged, "")
+    cfg = _build(cls, merged, "")
+    validate_config(cfg)
+    return cfg
+
+
+def _read_yaml(path: str) -> dict:
+    """The mapping in a YAML file; anything that stops it being read is a ConfigError naming the file."""
+    try:
+        # UTF-8 whatever the locale: YAML files are UTF-8 by the spec.
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
+
+
+def validate_config(cfg, where: str = "") -> None:
+    """Call `validate(where)` on every dataclass node of a config that has one, children first.
+
+    `where` is the node's dotted key (`train`, `model.lora`), so each node's errors name the full
+    key. Runs before any model or data is loaded: a bad value fails in milliseconds.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_config(value, f"{where}.{f.name}" if where else f.name)
+    hook = getattr(cfg, "validate", None)
+    if callable(hook):
+        hook(where)
+
+
+def _key(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _show(value: Any) -> str:
+    # -1 rather than -1.0: the error echoes what the user typed where it can.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require(ok: bool, where: str, key: str, rule: str, value: Any) -> None:
+    """Raise `where.key: must be <rule>, got <value>` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{_key(where, key)}: must be {rule}, got {_show(value)}")
+
+
+def require_number(where: str, key: str, value: Any, *, low: float, high: float = math.inf,
+                   low_open: bool = False, high_open: bool = False, whole: bool = False) -> None:
+    """A finite number (a whole one with `whole`) between low and high, each bound open or closed."""
+    ok = _is_number(value) and (not whole or float(value).is_integer())
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    kind = "a whole number" if whole else "a number"
+    if low == 0 and low_open and high == math.inf:
+        rule = f"a positive {kind[2:]}"
+    elif high == math.inf:
+        rule = f"{kind} {'>' if low_open else '>='} {_show(low)}"
+    else:
+        rule = f"{kind} in {'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
+    require(ok, where, key, rule, value)
+
+
+def require_choice(where: str, key: str, value: Any, choices: typing.Iterable[str]) -> None:
+    choices = list(choices)
+    require(value in choices, where, key, f"one of {', '.join(choices)}", value)
 
 
 def _all_defaulted(cls) -> bool:

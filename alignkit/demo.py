@@ -32,6 +32,16 @@ class DemoConfig:
     heldout_limit: int = 0
     judge_pairs: int = 24  # held-out prompts judged pairwise per stage (both orders)
 
+    def validate(self, where: str = "") -> None:
+        from alignkit.config import require_number
+
+        for key in ("sft_steps", "dpo_steps", "batch_size", "max_new_tokens"):
+            require_number(where, key, getattr(self, key), low=1, whole=True)
+        for key in ("heldout_limit", "judge_pairs"):
+            require_number(where, key, getattr(self, key), low=0, whole=True)
+        for key in ("lr", "dpo_lr", "dpo_beta"):
+            require_number(where, key, getattr(self, key), low=0, low_open=True)
+
 
 def follows_format(fmt: str, response: str) -> bool:
     text = response.strip()
@@ -78,6 +88,7 @@ def answer(model, tokenizer, rows: list[dict], max_new_tokens: int, desc: str) -
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from alignkit.config import validate_config
     from alignkit.data.readers import DataSpec
     from alignkit.evaluation.demo_stage import evaluate_stages
     from alignkit.models.config import ModelConfig
@@ -86,6 +97,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.training.pref_run import PrefConfig, PrefDataConfig, run_pref
     from alignkit.training.sft import SFTConfig, SFTDataConfig, run_sft
 
+    validate_config(cfg)  # before the model loads and the base model answers every prompt
     t0 = time.perf_counter()
     os.makedirs(cfg.out_dir, exist_ok=True)
     model, tok = load_model(cfg.model)
@@ -100,7 +112,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         data=SFTDataConfig(train=[DataSpec(str(DEMO_DATA / "sft_train.jsonl"))], max_length=256),
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "sft"), max_steps=cfg.sft_steps,
                           batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10, precision="bf16",
-                          resume="none", seed=0)), model=model, tokenizer=tok)
+                          resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
     responses["sft"] = answer(model, tok, rows, cfg.max_new_tokens, "after SFT")
 
     print(f"[demo] DPO: {cfg.dpo_steps} steps on {DEMO_DATA / 'pref_train.jsonl'}", flush=True)
@@ -111,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                             mix_total=cfg.dpo_steps * cfg.batch_size),
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "dpo"), max_steps=cfg.dpo_steps,
                           batch_size=cfg.batch_size, lr=cfg.dpo_lr, warmup_steps=5, precision="bf16",
-                          resume="none", seed=0)), model=model, tokenizer=tok)
+                          resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
     responses["dpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after DPO")
 
     results = {stage: score(rows, resp) for stage, resp in responses.items()}

@@ -12,8 +12,9 @@ def _collect() -> tuple[type[BaseException], ...]:
     from alignkit.data.chat import TemplateError
     from alignkit.data.errors import DataError, RecordError
     from alignkit.models.loading import ModelLoadError
+    from alignkit.paths import PathError
 
-    return (ConfigError, DataError, RecordError, TemplateError, ModelLoadError, FileNotFoundError)
+    return (ConfigError, DataError, RecordError, TemplateError, ModelLoadError, PathError, FileNotFoundError)
 
 
 USER_ERRORS = _collect()

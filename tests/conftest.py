@@ -29,3 +29,15 @@ def shared_data():
     if not os.path.isdir(path):
         pytest.skip("../shared/data is not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny model saved as a Hugging Face folder, for commands that take a model path (read, never written)."""
+    from alignkit.models.lora import save_model
+    from alignkit.models.tiny import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    tok = tiny_tokenizer()
+    save_model(tiny_model(tok), tok, str(path))
+    return str(path)

@@ -1,7 +1,8 @@
 import pytest
 
 from alignkit.data.chat import IGNORE, TemplateError, tokenize_conversation, tokenize_prompt
-from alignkit.models.tiny import TEMPLATES, tiny_tokenizer
+from alignkit.models.templates import TEMPLATES
+from alignkit.models.tiny import tiny_tokenizer
 
 CHAT = [
     {"role": "system", "content": "Be brief."},

@@ -6,18 +6,8 @@ import pytest
 import yaml
 
 from alignkit.cli import main
-from alignkit.models.lora import save_model
-from alignkit.models.tiny import tiny_model, tiny_tokenizer
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    tok = tiny_tokenizer()
-    save_model(tiny_model(tok), tok, str(path))
-    return str(path)
 
 
 def write_jsonl(path, rows):

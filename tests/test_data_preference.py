@@ -127,7 +127,7 @@ def test_pair_rules_on_scores(rule, threshold, expected):
 
 
 def test_pair_rules_on_an_ordered_list():
-    ranking = to_ranking({"prompt": "Pick", "responses": ["first", [bot("second")], "third"]})
+    ranking = to_ranking({"prompt": "Pick", "responses": ["first", [bot("second")], "third"], "ranked": True})
     assert ranking.scores is None
     assert pair_names(ranking_to_pairs(ranking, "all_pairs")) == {("first", "second"), ("first", "third"),
                                                                    ("second", "third")}
@@ -158,20 +158,12 @@ BAD_RANKINGS = [
      "expected a finite number"),
     ({"prompt": "q", "responses": [{"text": "a", "content": "b", "score": 1}, "c"]}, "responses[0]",
      "exactly one of text, content or messages"),
-    ({"prompt": "q", "responses": ["same", "other", "same"]}, "responses[2]", "identical to responses[0]"),
+    ({"prompt": "q", "responses": ["same", "other", "same"], "ranked": True}, "responses[2]", "identical to responses[0]"),
     ({"prompt": "q", "responses": [{"text": "a", "score": 3}, {"text": "a", "score": 1}]}, "responses[1]",
      "ranked differently"),
     ({"prompt": "q", "responses": ["a", [user("b")]]}, "responses[1][0].role", "must start with an assistant turn"),
     ({"responses": ["a", "b"]}, "prompt", "missing"),
 ]
-
-
-@pytest.mark.parametrize("record,field,reason", BAD_RANKINGS)
-def test_bad_rankings_name_the_field(record, field, reason):
-    with pytest.raises(RecordError) as caught:
-        to_ranking(record)
-    assert caught.value.field == field
-    assert reason in caught.value.reason
 
 
 def test_equal_responses_with_equal_scores_are_a_harmless_tie():
@@ -203,6 +195,82 @@ def test_pair_records_load_as_two_item_rankings(tmp_path):
     path = write_records(tmp_path, "jsonl", [PAIR_LAYOUTS["strings"][0]])
     rankings, _ = load_rankings(path)
     assert rankings == [Ranking([user("Sky colour?")], [[bot("Blue.")], [bot("Green.")]], None, path, 1, "line")]
+
+
+# ---- samples scored by a reward model (`generate --n` then `score`) ----
+
+def generated(texts, **extra):
+    """A record as `alignkit generate --n` writes it: samples in sampling order, the first also as `response`."""
+    return {"source": "prompts.jsonl:1", "messages": [user("Pick")], "prompt": "Pick", "response": texts[0],
+            "finish_reason": "stop", "model": "m", "responses": list(texts), "ranked": False, **extra}
+
+
+# Sample 0 scores lowest, so reading the samples as ranked would pick every pair the wrong way round.
+SAMPLES = ["s0", "s1", "s2", "s3"]
+REWARDS = [0.1, 2.5, 1.0, 2.5]
+
+
+@pytest.mark.parametrize("rule,threshold,expected", [
+    ("all_pairs", 0.0, {("s1", "s2"), ("s1", "s0"), ("s3", "s2"), ("s3", "s0"), ("s2", "s0")}),
+    ("best_vs_rest", 0.0, {("s1", "s2"), ("s1", "s0"), ("s3", "s2"), ("s3", "s0")}),
+    ("best_vs_worst", 0.0, {("s1", "s0"), ("s3", "s0")}),
+    ("margin", 1.0, {("s1", "s2"), ("s1", "s0"), ("s3", "s2"), ("s3", "s0")}),
+])
+def test_rewards_order_generated_samples_for_every_rule(tmp_path, rule, threshold, expected):
+    path = write_records(tmp_path, "jsonl", [generated(SAMPLES, rewards=REWARDS)])
+    pairs, _ = load_pairs(path, rule=rule, threshold=threshold)
+    assert pair_names(pairs) == expected and len(pairs) == len(expected)
+    reward = dict(zip(SAMPLES, REWARDS))
+    assert all(p.margin == pytest.approx(reward[p.chosen[0]["content"]] - reward[p.rejected[0]["content"]])
+               for p in pairs)
+    rankings, _ = load_rankings(path)
+    assert [rankings[0].responses[i][0]["content"] for i in rankings[0].best_first()] == ["s1", "s3", "s2", "s0"]
+
+
+def test_messages_are_the_prompt_of_a_generated_record():
+    # generate keeps a system turn in `messages`; its `prompt` is only the last user turn.
+    system = {"role": "system", "content": "Be brief."}
+    ranking = to_ranking(generated(["a", "b"], messages=[system, user("Pick")], rewards=[0, 1]))
+    assert ranking.prompt == [system, user("Pick")]
+
+
+def test_unscored_samples_are_an_error_not_a_ranking(tmp_path):
+    path = write_records(tmp_path, "jsonl", [generated(SAMPLES)])
+    with pytest.raises(RecordError, match=f"^{path}:1: responses: unranked samples"):
+        load_pairs(path, rule="best_vs_worst")
+    # Without scores, only an explicit `ranked: true` makes a list a ranking: files written before
+    # generate said `ranked: false`, and any other unmarked list, are errors rather than guesses.
+    for unmarked in ({k: v for k, v in generated(SAMPLES).items() if k != "ranked"},
+                     {"prompt": "q", "responses": ["a", "b"]}):
+        with pytest.raises(RecordError) as caught:
+            to_ranking(unmarked)
+        assert caught.value.field == "responses" and "ranked: true" in caught.value.reason
+
+
+def test_ranked_true_states_the_order_explicitly():
+    ranking = to_ranking({**generated(["best", "worst"]), "ranked": True})
+    assert ranking.scores is None and pair_names(ranking_to_pairs(ranking, "best_vs_worst")) == {("best", "worst")}
+    csv_cell = to_ranking({"prompt": "q", "responses": ["best", "worst"], "ranked": "TRUE"})
+    assert csv_cell.scores is None
+
+
+BAD_SCORED_SAMPLES = [
+    (generated(["a", "b"], rewards=[1.0]), "rewards", "1 rewards for 2 responses"),
+    (generated(["a", "b"], rewards=[1.0, "high"]), "rewards[1]", "expected a finite number"),
+    (generated(["a", "b"], rewards=3.0), "rewards", "a list of numbers"),
+    ({"prompt": "q", "responses": [{"text": "a", "score": 1}, {"text": "b", "score": 2}], "rewards": [2, 1]},
+     "rewards", "one or the other"),
+    ({**generated(["a", "b"], rewards=[1, 2]), "ranked": True}, "ranked", "scores, which decide the order"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranked": "yes"}, "ranked", "expected true or false"),
+]
+
+
+@pytest.mark.parametrize("record,field,reason", BAD_RANKINGS + BAD_SCORED_SAMPLES)
+def test_bad_rankings_name_the_field(record, field, reason):
+    with pytest.raises(RecordError) as caught:
+        to_ranking(record)
+    assert caught.value.field == field
+    assert reason in caught.value.reason
 
 
 # ---- feedback ----

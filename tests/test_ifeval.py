@@ -327,6 +327,38 @@ def test_command_line_writes_every_number(tmp_path, capsys):
     assert cli_main([str(tmp_path / "absent.jsonl"), str(responses)]) == 2
 
 
+def test_eval_ifeval_with_no_matching_response_is_a_one_line_error(tmp_path, capsys):
+    from alignkit.cli import main as alignkit_main
+
+    prompts = _write_lines(tmp_path / "input.jsonl", [GOOD, {**GOOD, "key": 2, "prompt": "Say bye"}])
+    responses = _write_lines(tmp_path / "responses.jsonl", [{"prompt": "Say hi!", "response": "Hi there"}])
+    out = tmp_path / "result.json"
+    assert alignkit_main(["eval", "ifeval", "--prompts", str(prompts), "--responses", str(responses),
+                          "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().count("\n") == 0 and "Traceback" not in captured.err
+    assert f"{responses}: no response matches any of the 2 prompts" in captured.err
+    assert not out.exists() and "prompt_level" not in captured.out
+    assert cli_main([str(prompts), str(responses)]) == 2
+    assert "no response matches" in capsys.readouterr().err
+
+
+def test_eval_ifeval_partly_matched_reports_the_counts(tmp_path, capsys):
+    from alignkit.cli import main as alignkit_main
+
+    prompts = _write_lines(tmp_path / "input.jsonl", [GOOD, {**GOOD, "key": 2, "prompt": "Say bye"},
+                                                       {**GOOD, "key": 3, "prompt": "Say what"}])
+    responses = _write_lines(tmp_path / "responses.jsonl", [{"prompt": "Say hi", "response": "Hi there"},
+                                                           {"prompt": "elsewhere", "response": "x"}])
+    assert alignkit_main(["eval", "ifeval", "--prompts", str(prompts), "--responses", str(responses)]) == 0
+    captured = capsys.readouterr()
+    assert (f"scored 1 of 3 prompts; 2 prompts had no response in {responses} and count as failed; "
+            f"1 responses in {responses} match no prompt") in captured.err
+    printed = json.loads(captured.out)
+    assert (printed["n_prompts"], printed["n_answered"]) == (3, 1)
+    assert printed["prompt_level_strict"] == pytest.approx(1 / 3)  # over every prompt, as it says
+
+
 # --- the real IFEval prompt set -----------------------------------------------------------------
 
 def test_real_prompt_file_is_fully_supported(shared_data):

@@ -2,7 +2,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from alignkit.cli import main
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
@@ -43,7 +42,7 @@ GOOD = {"prompt": "Say hi", "chosen": "hi", "rejected": "go away"}
     ("kto", {"prompt": "Q", "completion": "A", "label": "maybe"}, "label: expected"),
 ])
 def test_bad_records_stop_the_command_with_file_line_and_field(tmp_path, tiny_dir, capsys, command, record, where):
-    good = {"prompt": "Q0", "responses": ["a", "b"]} if command == "rrhf" else (
+    good = {"prompt": "Q0", "responses": ["a", "b"], "ranked": True} if command == "rrhf" else (
         {"prompt": "Q0", "completion": "A", "label": True} if command == "kto" else GOOD)
     path = write_jsonl(tmp_path / "prefs.jsonl", [good, good, record])
     code = main([command, *quick(tmp_path, tiny_dir, f"data.train=[{path}]")])
@@ -71,7 +70,8 @@ def test_dpo_command_trains_saves_and_reuses_the_reference_cache(tmp_path, tiny_
     summary = json.load(open(tmp_path / "run" / "summary.json"))
     assert summary["steps"] == 2 and {"accuracy", "reward_margin", "chosen_reward"} <= set(summary["final"])
     assert os.path.exists(tmp_path / "run" / "final" / "model.safetensors")
-    assert main(["pref", "loss=dpo", *quick(tmp_path, tiny_dir, f"data.train=[{path}]")]) == 0
+    rerun = quick(tmp_path, tiny_dir, f"data.train=[{path}]", "train.if_exists=overwrite")
+    assert main(["pref", "loss=dpo", *rerun]) == 0
     assert "loaded from cache" in capsys.readouterr().out
 
 

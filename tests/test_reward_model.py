@@ -163,5 +163,56 @@ def test_score_file_adds_rewards_to_generate_output(tmp_path, tiny_tok):
                                                      {"role": "assistant", "content": "fox"}]), rel=1e-5)
     assert out[1]["rewards"][1] == pytest.approx(reward([{"role": "user", "content": "say"},
                                                          {"role": "assistant", "content": "the dog"}]), rel=1e-5)
-    assert out[1]["reward"] == out[1]["rewards"][0]
+    assert "reward" not in out[1]  # one number would stand for the first sample only
     assert out[2]["reward"] == pytest.approx(reward(rows[2]["messages"]), rel=1e-5)
+
+
+class FixedSamples:
+    """A generation backend returning `n` known samples per prompt, so the test knows what generate wrote."""
+    model_id = "fixed"
+
+    def chat(self, conversations, params):
+        from alignkit.generation.backend import Completion
+        return [[Completion(f"{c[-1]['content']} sample {i}" + " and more" * i) for i in range(params.n)]
+                for c in conversations]
+
+    def complete(self, prompts, params):
+        raise AssertionError("generate answers conversations")
+
+
+@pytest.mark.parametrize("rule,threshold", [("best_vs_worst", 0.0), ("best_vs_rest", 0.0), ("all_pairs", 0.0),
+                                            ("margin", 0.05)])
+def test_generated_samples_scored_by_a_reward_model_pair_by_reward(tmp_path, tiny_tok, rule, threshold):
+    """generate --n 4, then score, then the DPO loader: pairs follow the rewards, not the sampling order."""
+    from alignkit.data.preference import load_pairs
+    from alignkit.generation.backend import SamplingParams
+    from alignkit.generation.files import generate_file, read_prompts
+
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n"
+                                    for q in ("name a fox", "say hello", "count to three")))
+    prompts, _ = read_prompts(str(prompts_file))
+    generate_file(FixedSamples(), prompts, str(tmp_path / "gen.jsonl"), SamplingParams(n=4, temperature=1.0),
+                  progress=False)
+    score_file(random_head_rm(tiny_tok, seed=3), tiny_tok, str(tmp_path / "gen.jsonl"), str(tmp_path / "scored.jsonl"))
+    scored = [json.loads(line) for line in open(tmp_path / "scored.jsonl")]
+    reward = {(r["prompt"], text): value for r in scored for text, value in zip(r["responses"], r["rewards"])}
+    # Sampling order must disagree with the rewards somewhere, or this test could not tell them apart.
+    assert any(max(range(4), key=r["rewards"].__getitem__) != 0 for r in scored)
+
+    pairs, _ = load_pairs(str(tmp_path / "scored.jsonl"), rule=rule, threshold=threshold)
+    got = {(p.prompt[-1]["content"], p.chosen[0]["content"], p.rejected[0]["content"]) for p in pairs}
+    expected = set()
+    for r in scored:
+        values = dict(zip(r["responses"], r["rewards"]))
+        best, worst = max(values.values()), min(values.values())
+        for chosen, better in values.items():
+            for rejected, worse in values.items():
+                keep = {"all_pairs": better > worse, "best_vs_rest": better == best and worse < best,
+                        "best_vs_worst": better == best and worse == worst and better > worse,
+                        "margin": better - worse > threshold}[rule]
+                if keep:
+                    expected.add((r["prompt"], chosen, rejected))
+    assert got == expected and len(pairs) == len(expected)
+    assert all(reward[(q, c)] > reward[(q, w)] for q, c, w in got)
+

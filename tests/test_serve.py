@@ -212,3 +212,179 @@ def test_error_completions_become_502_not_empty_answers():
                               json={"model": "failing", "messages": HELLO})
     assert response.status_code == 502
     assert "upstream 500" in response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- API key, request limits, error bodies
+
+KEY = "sk-test-0123456789"
+
+
+class ParrotBackend:
+    """Answers every prompt with "said: <last message>", n times."""
+
+    model_id = "parrot"
+
+    def chat(self, conversations, params):
+        return [[Completion(f"said: {c[-1]['content']}", completion_tokens=2)] * params.n for c in conversations]
+
+    def complete(self, prompts, params):
+        return [[Completion(f"said: {p}", completion_tokens=2)] * params.n for p in prompts]
+
+
+def parrot_client(**options):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(ParrotBackend(), "parrot", **options))
+
+
+def assert_openai_error(response, status, *, param=None, code=None, message=""):
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["param"], error["code"]) == (param, code)
+    assert message in error["message"]
+    return error
+
+
+ROUTES = [("GET", "/v1/models", None), ("POST", "/v1/chat/completions", {"model": "parrot", "messages": HELLO}),
+          ("POST", "/v1/completions", {"model": "parrot", "prompt": "hi"}), ("GET", "/v1/unknown", None),
+          ("GET", "/openapi.json", None)]
+
+
+@pytest.mark.parametrize("method, path, body", ROUTES)
+def test_every_route_needs_the_api_key(method, path, body):
+    client = parrot_client(api_key=KEY)
+    for headers, code in [({}, None), ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
+                          ({"Authorization": f"Bearer {KEY}x"}, "invalid_api_key"),
+                          ({"Authorization": f"Basic {KEY}"}, None), ({"Authorization": "Bearer "}, None)]:
+        response = client.request(method, path, json=body, headers=headers)
+        assert_openai_error(response, 401, code=code)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert KEY not in response.text
+    allowed = client.request(method, path, json=body, headers={"Authorization": f"bearer {KEY}"})
+    assert allowed.status_code == (404 if path == "/v1/unknown" else 200)
+
+
+def test_the_openai_client_and_the_judge_backend_use_the_key(monkeypatch):
+    from alignkit.evaluation.backends import BackendOptions, build_backend
+
+    with start_in_background(create_app(ParrotBackend(), "parrot", api_key=KEY)) as server:
+        url = server.base_url + "/v1"
+        client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
+        reply = client.chat.completions.create(model="parrot", messages=HELLO)
+        assert reply.choices[0].message.content == "said: hello"
+        with pytest.raises(openai.AuthenticationError, match="incorrect API key"):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+
+        # `--judge openai:parrot@<url> --judge-api-key-env SERVE_KEY`, as the eval commands build it.
+        options = BackendOptions(api_key_env="SERVE_KEY", max_retries=2)
+        monkeypatch.setenv("SERVE_KEY", KEY)
+        judge = build_backend(f"openai:parrot@{url}", options)
+        (answer,), = judge.chat([HELLO], SamplingParams(max_tokens=4))
+        assert (answer.text, answer.finish_reason) == ("said: hello", "stop")
+        monkeypatch.setenv("SERVE_KEY", "wrong")
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        locked_out = build_backend(f"openai:parrot@{url}", options)
+        (failed,), = locked_out.chat([HELLO], SamplingParams(max_tokens=4))
+    assert failed.finish_reason == "error" and "AuthenticationError" in failed.error and not failed.text
+    assert locked_out.usage.requests == 1  # a 401 is not retried
+
+
+def test_request_size_limits_give_400_naming_the_field():
+    client = parrot_client(max_completions_per_request=4, max_tokens_cap=16, default_max_tokens=8)
+    chat = {"model": "parrot", "messages": HELLO}
+    assert_openai_error(client.post("/v1/chat/completions", json={**chat, "n": 5}), 400, param="n",
+                        message="5 completions")
+    assert_openai_error(client.post("/v1/completions", json={"model": "parrot", "prompt": ["a", "b", "c"], "n": 2}),
+                        400, param="prompt", message="6 completions")
+    assert_openai_error(client.post("/v1/completions", json={"model": "parrot", "prompt": ["x"] * 5}),
+                        400, param="prompt")
+    assert_openai_error(client.post("/v1/chat/completions", json={**chat, "max_tokens": 17}), 400,
+                        param="max_tokens", message="(16)")
+    assert_openai_error(client.post("/v1/chat/completions", json={**chat, "max_completion_tokens": 100}), 400,
+                        param="max_completion_tokens")
+    assert_openai_error(client.post("/v1/completions", json={"model": "parrot", "prompt": "x", "max_tokens": 99}),
+                        400, param="max_tokens")
+    at_limit = client.post("/v1/completions", json={"model": "parrot", "prompt": ["a", "b"], "n": 2, "max_tokens": 16})
+    assert at_limit.status_code == 200 and len(at_limit.json()["choices"]) == 4
+    assert client.post("/v1/chat/completions", json={**chat, "n": 4}).status_code == 200
+
+
+def test_bad_server_options_raise():
+    for options, message in [({"api_key": " "}, "api_key is empty"), ({"max_tokens_cap": 0}, "at least 1"),
+                             ({"default_max_tokens": 600, "max_tokens_cap": 512}, "default_max_tokens")]:
+        with pytest.raises(ValueError, match=message):
+            create_app(ParrotBackend(), "parrot", **options)
+
+
+def test_malformed_json_names_the_position_and_no_param():
+    client = parrot_client()
+    response = client.post("/v1/chat/completions", content='{"model": "parrot",',
+                           headers={"content-type": "application/json"})
+    error = assert_openai_error(response, 400, param=None, message="the request body is not valid JSON")
+    assert "character 19" in error["message"] and error["type"] == "invalid_request_error"
+    for body in ("[1, 2]", "null", ""):
+        response = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert_openai_error(response, 400, param=None, message="the request body must be a JSON object")
+    assert_openai_error(client.post("/v1/chat/completions", json={"model": "parrot", "messages": HELLO, "n": 0}),
+                        400, param="n", message="n: ")
+
+
+def test_unknown_routes_methods_and_models_get_openai_errors():
+    client = parrot_client()
+    assert_openai_error(client.post("/v1/embeddings", json={}), 404, message="no route POST /v1/embeddings")
+    wrong_method = client.get("/v1/chat/completions")
+    assert_openai_error(wrong_method, 405, message="method not allowed: GET /v1/chat/completions (allowed: POST)")
+    assert wrong_method.headers["allow"] == "POST"
+    assert_openai_error(client.post("/v1/completions", json={"model": "other", "prompt": "x"}), 404,
+                        param="model", code="model_not_found")
+
+
+def test_exposure_rules():
+    from alignkit.serving.app import check_exposure, is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.0.1", "localhost", "::1", "[::1]"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.5", "example.com", "localhost.example.com"]))
+    check_exposure("127.0.0.1", None)
+    check_exposure("0.0.0.0", KEY)
+    check_exposure("0.0.0.0", None, insecure_no_api_key=True)
+    with pytest.raises(ValueError, match="refusing to serve on --host 0.0.0.0 without an API key"):
+        check_exposure("0.0.0.0", None)
+    with pytest.raises(ValueError, match="drop one"):
+        check_exposure("127.0.0.1", KEY, insecure_no_api_key=True)
+
+
+def test_serve_command_checks_the_key_before_loading_the_model(monkeypatch, capsys):
+    import alignkit.evaluation.backends as backends
+    import alignkit.serving.app as app_module
+    from alignkit.cli import main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded when the server cannot start")
+
+    served = {}
+    monkeypatch.setattr(backends, "build_backend", no_model)
+    monkeypatch.setattr(app_module.uvicorn, "run", lambda app, **where: served.update(app=app, **where))
+    monkeypatch.delenv("ALIGNKIT_API_KEY", raising=False)
+    for argv, env, message in [(["--host", "0.0.0.0"], None, "without an API key"),
+                               (["--host", "0.0.0.0"], "  ", "ALIGNKIT_API_KEY is set but empty"),
+                               (["--insecure-no-api-key"], KEY, "drop one of the two"),
+                               (["--max-tokens-cap", "100"], KEY, "default_max_tokens (512) must be between")]:
+        if env is not None:
+            monkeypatch.setenv("ALIGNKIT_API_KEY", env)
+        assert main(["serve", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+    monkeypatch.setattr(backends, "build_backend", lambda *args, **kwargs: ParrotBackend())
+    monkeypatch.setenv("MY_SERVE_KEY", KEY)
+    assert main(["serve", "--host", "0.0.0.0", "--api-key-env", "MY_SERVE_KEY", "--max-tokens-cap", "600"]) == 0
+    assert served["host"] == "0.0.0.0"
+    from fastapi.testclient import TestClient
+
+    client = TestClient(served["app"])
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    too_long = client.post("/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                           json={"model": "embedded", "prompt": "x", "max_tokens": 601})
+    assert_openai_error(too_long, 400, param="max_tokens")

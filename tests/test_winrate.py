@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import statistics
@@ -7,7 +8,7 @@ import pytest
 
 from alignkit.data.errors import RecordError
 from alignkit.evaluation.winrate import (
-    VerdictError, length_controlled_win_rate, load_verdicts, validate_verdicts, win_rate, win_rate_entry,
+    VerdictError, fit_logistic, length_controlled_win_rate, load_verdicts, validate_verdicts, win_rate, win_rate_entry,
 )
 
 
@@ -202,3 +203,81 @@ def test_win_rate_entry_has_report_fields():
     assert entry["win_rate"] == win_rate(simulate(100, 2, intercept=0.5, length_effect=1.0,
                                                   mean_extra_length=0)).win_rate
     assert 0 <= entry["lc_ci_low"] <= entry["lc_win_rate"] <= entry["lc_ci_high"] <= 1
+
+
+# ------------------------------------------------------------------ small evaluations
+
+@pytest.mark.parametrize("records,swapped,reason", [
+    # 2 items judged in both orders: as many items as coefficients (intercept and length)
+    ([verdict(0, "model", 120, 100), verdict(1, "reference", 90, 100)],
+     [verdict(0, "model", 120, 100), verdict(1, "reference", 90, 100)], "2 scored items for 2 coefficients"),
+    ([verdict(0, "tie")], None, "1 scored item for 1 coefficient"),  # one tie, equal lengths
+    ([verdict(0, "model")], [verdict(0, "reference")], "1 scored item for 1 coefficient"),  # orders disagree: a tie
+    ([verdict(0, "tie", 150, 100)], None, "every length difference is +50"),
+])
+def test_lc_on_too_little_data_is_unavailable_with_the_reason(records, swapped, reason):
+    entry = win_rate_entry("m", records, swapped)
+    assert entry["lc_win_rate"] is None and entry["lc_ci_low"] is None and reason in entry["lc_note"]
+    assert entry["win_rate"] == win_rate(records, swapped).win_rate  # every other number is kept
+
+
+def test_lc_never_raises_on_any_small_evaluation():
+    outcomes = ["model", "reference", "tie"]
+    lengths = [(100, 100), (150, 100), (60, 100)]
+    for n in (1, 2, 3):
+        for winners in itertools.product(outcomes, repeat=n):
+            for sizes in itertools.product(lengths, repeat=n):
+                records = [verdict(i, w, *size) for i, (w, size) in enumerate(zip(winners, sizes))]
+                lc = length_controlled_win_rate(records)
+                if lc.lc_win_rate is None:
+                    assert lc.note
+                else:
+                    assert 0 <= lc.lc_win_rate <= 1
+                    assert all(v is None or math.isfinite(v) for v in (lc.standard_error, lc.ci_low, lc.ci_high))
+
+
+def test_fit_logistic_refuses_no_more_rows_than_coefficients():
+    with pytest.raises(ValueError, match="more rows than coefficients"):
+        fit_logistic(np.ones((2, 2)), np.array([1.0, 0.0]), np.zeros(2))
+
+
+@pytest.fixture(scope="module")
+def good_judge():
+    """A served judge preferring the output that says GOOD (B when neither does), as in test_eval_cli."""
+    from alignkit.serving.app import create_app
+    from alignkit.serving.background import start_in_background
+    from tests.test_eval_cli import ScriptedJudge
+
+    server = start_in_background(create_app(ScriptedJudge("good"), "good"))
+    yield f"openai:good@{server.base_url}/v1"
+    server.stop()
+
+
+@pytest.mark.parametrize("model,reference,counts", [
+    # won in both orders and lost in both orders: 2 items, a length difference each
+    (["GOOD and long", "short"], ["ref", "GOOD reference"], (2, 2, 0)),
+    (["neither"], ["whether"], (1, 1, 0)),  # B in both orders: one win, one loss, i.e. one tie item
+])
+def test_eval_pairwise_on_a_tiny_set_writes_every_number(tmp_path, capsys, good_judge, model, reference, counts):
+    from alignkit.cli import main
+
+    def write(name, texts):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": t}) + "\n" for i, t in enumerate(texts)))
+        return str(path)
+
+    out = tmp_path / "run"
+    code = main(["eval", "pairwise", "--outputs", write("mine.jsonl", model), "--reference",
+                 write("theirs.jsonl", reference), "--judge", good_judge, "--out", str(out), "--no-progress",
+                 "--report"])
+    console = capsys.readouterr().out
+    assert code == 0
+    entry = json.loads((out / "results.json").read_text())["sections"]["win_rates"][0]
+    assert (entry["wins"], entry["losses"], entry["ties"]) == counts
+    assert entry["win_rate"] == 0.5 and entry["n_scored"] == len(model) and entry["failures"] == 0
+    assert entry["lc_win_rate"] is None and "the fit needs more items" in entry["lc_note"]
+    assert f"length-controlled unavailable: {entry['lc_note']}" in console
+    page = (out / "report.html").read_text()
+    assert "unavailable" in page and not any(bad in page for bad in ("None", "nan%", "null"))
+    assert (out / "judgments.jsonl").exists() and (out / "battles.jsonl").exists()
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IGNORE = -100
+TRAIN_ON = ("all_assistant", "last_assistant")  # which assistant turns tokenize_conversation trains on
 
 
 class TemplateError(ValueError):
@@ -72,8 +73,8 @@ def tokenize_conversation(tokenizer, messages: list[dict], *, train_on: str = "a
     text, spans = assistant_spans(tokenizer, messages)
     if train_on == "last_assistant":
         spans = spans[-1:]
-    elif train_on != "all_assistant":
-        raise ValueError(f"train_on must be all_assistant or last_assistant, not {train_on!r}")
+    elif train_on not in TRAIN_ON:
+        raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, not {train_on!r}")
     if not spans:
         raise TemplateError("conversation has no assistant turn to train on")
     prefix = _bos_prefix(tokenizer, text)

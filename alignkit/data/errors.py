@@ -17,7 +17,8 @@ UNITS = ("line", "record", "row")
 
 
 class DataError(ValueError):
-    """A problem with a whole source: missing file, empty file, unknown extension, bad folder."""
+    """A problem with a whole source: missing, empty, unreadable (I/O error, no permission), not
+    UTF-8 text, a folder where a file is needed, an unknown extension."""
 
 
 class RecordError(ValueError):

@@ -7,8 +7,14 @@ label -> feedback):
             rejected are full conversations and their shared prefix is the prompt (TRL's implicit
             prompt). With a prompt, chosen / rejected may still repeat it as full conversations
             (as ultrafeedback_binarized does); the repeated prefix is removed.
-- ranking:  {"prompt", "responses": [...]} with responses either best first (strings or message
-            lists) or each {"text"|"content"|"messages", "score"}.
+- ranking:  {"prompt", "responses": [...], "ranked"?} with responses either best first (strings or
+            message lists), or each {"text"|"content"|"messages", "score"}, or beside a list
+            "rewards" of one score per response (what `alignkit score` adds to `generate --n`
+            output). Scores, when given, always decide the order. Unscored responses are read as
+            best first only with `ranked: true`; without scores or that statement the record is
+            an error (`generate --n` writes `ranked: false`: its samples must be scored first).
+            A record with `messages` (as generate writes) takes them as the whole prompt; its
+            `prompt` field is only the last user turn.
 - feedback: {"prompt", "completion", "label"} with label true/false, 0/1 or "good"/"bad" (KTO).
 
 Everything is normalised to chat messages: a string prompt becomes one user turn, a string
@@ -171,8 +177,8 @@ def _pair_margin(data: dict) -> float | None:
 # ---- rankings ----
 
 def to_ranking(data: dict) -> Ranking:
-    """Parse one ranking record: responses best first, or each with a score."""
-    prompt = _prompt_turns(required(data, "prompt"), "prompt")
+    """Parse one ranking record: responses best first, each with a score, or beside `rewards`."""
+    prompt = _ranking_prompt(data)
     _check_prompt(prompt)
     items = as_list(required(data, "responses"), "responses")
     if len(items) < 2:
@@ -184,13 +190,66 @@ def to_ranking(data: dict) -> Ranking:
         _check_response(prompt, response, field)
         responses.append(response)
         scores.append(score)
-    scored = [score is not None for score in scores]
+    final_scores = _ranking_scores(data, scores)
+    _check_duplicates(responses, final_scores)
+    return Ranking(turns_to_messages(prompt), [turns_to_messages(r) for r in responses], final_scores)
+
+
+def _ranking_prompt(data: dict) -> list[Turn]:
+    # generate writes the whole prompt as `messages` and only its last user turn as `prompt`.
+    if data.get("messages") is not None:
+        return _prompt_turns(data["messages"], "messages")
+    return _prompt_turns(required(data, "prompt"), "prompt")
+
+
+def _ranking_scores(data: dict, item_scores: list[float | None]) -> list[float] | None:
+    """The scores that order the responses, or None when they are given best first.
+
+    Responses without scores are read as ranked only when the record says `ranked: true`: taking
+    samples for a ranking would train on pairs chosen by sampling order.
+    """
+    scored = [score is not None for score in item_scores]
     if any(scored) and not all(scored):
         missing = scored.index(False)
         raise RecordError(f"responses[{missing}].score", "missing (other responses have scores)")
-    final_scores = scores if all(scored) else None
-    _check_duplicates(responses, final_scores)
-    return Ranking(turns_to_messages(prompt), [turns_to_messages(r) for r in responses], final_scores)
+    rewards = _rewards(data, len(item_scores))
+    if rewards is not None and any(scored):
+        raise RecordError("rewards", "given beside a score in each response; give one or the other")
+    scores = rewards if rewards is not None else (item_scores if any(scored) else None)
+    ranked = _ranked(data)
+    if scores is not None:
+        if ranked is True:
+            raise RecordError("ranked", "true, but the responses also have scores, which decide the order; "
+                                        "give one or the other")
+        return scores
+    if ranked is not True:
+        # Sampling order is no ranking: guessing would train on pairs picked by chance.
+        what = "unranked samples (ranked: false)" if ranked is False else "no scores and no `ranked: true`"
+        raise RecordError("responses", f"{what}; add `rewards` with `alignkit score`, give each response a "
+                                       "score, or set ranked: true if the responses are best first")
+    return None
+
+
+def _rewards(data: dict, count: int) -> list[float] | None:
+    if data.get("rewards") is None:
+        return None
+    try:
+        values = as_list(data["rewards"], "rewards")
+    except RecordError:
+        raise RecordError("rewards", "expected a list of numbers, one per response") from None
+    if len(values) != count:
+        raise RecordError("rewards", f"{len(values)} rewards for {count} responses")
+    return [_number(value, f"rewards[{index}]") for index, value in enumerate(values)]
+
+
+def _ranked(data: dict) -> bool | None:
+    value = data.get("ranked")
+    if value is None or isinstance(value, bool):
+        return value
+    # CSV cells arrive as text.
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise RecordError("ranked", f"expected true or false, got {value!r}")
 
 
 def _ranked_response(item: Any, field: str) -> tuple[list[Turn], float | None]:

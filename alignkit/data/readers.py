@@ -9,6 +9,7 @@ messages reads as that list (see `_csv_cell`).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -135,9 +136,12 @@ def read_records(path: str | os.PathLike, *, split: str | None = None,
         (on_error or _raise)(error)
 
     count = 0
-    for record in readers[ext](local, path, count_error):
-        count += 1
-        yield record
+    try:
+        for record in readers[ext](local, path, count_error):
+            count += 1
+            yield record
+    except OSError as error:  # EIO, permission denied: the file, not the program, is at fault
+        raise unreadable(path, error) from None
     if count == 0 and errors == 0:
         raise DataError(f"{path}: contains no records")
 
@@ -179,6 +183,37 @@ def _raise(error: RecordError) -> None:
     raise error
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """The whole of a text input file, UTF-8 with an optional BOM.
+
+    The one way to read such a file: a missing file, a folder, an I/O error or bytes that are not
+    UTF-8 all raise a `DataError` naming the file (and line and byte of a bad byte).
+    """
+    path = os.fspath(path)
+    try:
+        with open(os.path.expanduser(path), "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise unreadable(path, error) from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 text ({error.reason} at byte {error.start}); "
+                        "is it a binary file?") from None
+
+
+def unreadable(path: str, error: OSError) -> DataError:
+    """A one-line `DataError` for an input file the system would not read, saying why."""
+    if isinstance(error, FileNotFoundError):
+        return DataError(f"{path}: file not found")
+    if isinstance(error, IsADirectoryError):
+        return DataError(f"{path}: is a folder; a file is needed here")
+    return DataError(f"{path}: cannot read: {error.strerror or error}")
+
+
 def _looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path)) and not path.lower().endswith(_EXTENSIONS)
 
@@ -216,8 +251,7 @@ def _parse_json_line(text: str, path: str, line_number: int, on_error: OnError) 
 
 def _read_json(local: str, path: str, on_error: OnError) -> Iterator[Record]:
     """A JSON list of objects, one pretty-printed object, or JSONL content named .json."""
-    with open(local, encoding="utf-8-sig") as handle:
-        text = handle.read()
+    text = read_text(path)
     if not text.strip():
         return
     try:
@@ -257,23 +291,23 @@ def _read_parquet(local: str, path: str, on_error: OnError) -> Iterator[Record]:
 
 def _read_csv(local: str, path: str, on_error: OnError) -> Iterator[Record]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long texts exceed the 128 KiB default
-    with open(local, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            return
-        width = len(reader.fieldnames)
-        for row_number, row in enumerate(reader, start=1):
-            extra = row.pop(None, None)  # type: ignore[call-overload]
-            if extra is not None:
-                on_error(RecordError("", f"row has {width + len(extra)} cells but the header has {width}",
-                                     path=path, line=row_number, unit="row"))
-                continue
-            missing = [name for name, value in row.items() if value is None]
-            if missing:
-                on_error(RecordError("", f"row has fewer cells than the header; no value for {missing}",
-                                     path=path, line=row_number, unit="row"))
-                continue
-            yield Record({name: _csv_cell(value) for name, value in row.items()}, path, row_number, "row")
+    # Decoded whole by read_text, so a bad byte is reported at its line rather than mid-stream.
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    if reader.fieldnames is None:
+        return
+    width = len(reader.fieldnames)
+    for row_number, row in enumerate(reader, start=1):
+        extra = row.pop(None, None)  # type: ignore[call-overload]
+        if extra is not None:
+            on_error(RecordError("", f"row has {width + len(extra)} cells but the header has {width}",
+                                 path=path, line=row_number, unit="row"))
+            continue
+        missing = [name for name, value in row.items() if value is None]
+        if missing:
+            on_error(RecordError("", f"row has fewer cells than the header; no value for {missing}",
+                                 path=path, line=row_number, unit="row"))
+            continue
+        yield Record({name: _csv_cell(value) for name, value in row.items()}, path, row_number, "row")
 
 
 def _csv_cell(text: str) -> Any:

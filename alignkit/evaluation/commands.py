@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from alignkit.data.errors import DataError
+from alignkit.data.readers import read_text
 from alignkit.evaluation import grading, leaderboard as bt, meta_eval, winrate
 from alignkit.evaluation.backends import BackendOptions, backend_stats, describe_stats, open_backend
 from alignkit.evaluation.judges import JudgeConfig, OrderVerdict, PairItem, PairJudgment, Strategy, judge_pairs
@@ -203,7 +204,7 @@ def eval_pairwise(outputs: str, reference: str, out_dir: str, judge: JudgeOption
     details = {"win_rate": entry, "failures": failure_stats, "judge_config": _config_dict(config)}
     print(f"{model} vs {reference_model}: {len(pairs)} items, strategy {meta['strategy']}, orders {meta['orders']}")
     print(f"  win rate {_fmt(entry['win_rate'])} (SE {_fmt(entry['standard_error'])}, 95% CI "
-          f"{_fmt(entry['ci_low'])}-{_fmt(entry['ci_high'])}); length-controlled {_fmt(entry['lc_win_rate'])}")
+          f"{_fmt(entry['ci_low'])}-{_fmt(entry['ci_high'])}); length-controlled {_lc_text(entry)}")
     print(f"  verdicts: {entry['wins']} wins, {entry['ties']} ties, {entry['losses']} losses over {entry['n_scored']} "
           f"scored items; {entry['failures']} items left out ({_fmt(entry['failure_rate'])})")
     print(f"  judgments: {failure_stats['n_parse_failures']} unparseable ({_fmt(failure_stats['parse_failure_rate'])}), "
@@ -212,6 +213,13 @@ def eval_pairwise(outputs: str, reference: str, out_dir: str, judge: JudgeOption
     return _finish("eval pairwise", out, backend, meta, {"win_rates": [entry], "tables": [table]}, details,
                    all_failed=_all_failed(len(failures), len(failures) - failure_stats["n_failed"]), report=report,
                    title=f"Pairwise evaluation: {model} vs {reference_model}")
+
+
+def _lc_text(entry: dict) -> str:
+    """The length-controlled win rate for the console, or why there is none."""
+    if entry["lc_win_rate"] is None:
+        return f"unavailable: {entry['lc_note']}"
+    return _fmt(entry["lc_win_rate"]) + (f" ({entry['lc_note']})" if entry["lc_note"] else "")
 
 
 def _config_dict(config: JudgeConfig) -> dict:
@@ -291,7 +299,7 @@ def eval_grade(out_dir: str, judge: JudgeOptions = JudgeOptions(), *, questions:
 
 
 def _read_rubric(path: str) -> str:
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: the rubric file is empty")
     return text.strip()
@@ -485,8 +493,10 @@ def build_report(results: Sequence[str], out_dir: str, title: str | None = None)
 
 
 def serve_model(model: str = "embedded", *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-                options: BackendOptions = BackendOptions(), default_max_tokens: int = 512) -> None:
-    """Serve a local model as an OpenAI-compatible API until interrupted (clients use `name` as the model)."""
+                options: BackendOptions = BackendOptions(), default_max_tokens: int = 512, **serve_options) -> None:
+    """Serve a local model as an OpenAI-compatible API until interrupted (clients use `name` as the model).
+
+    `serve_options` (api_key, insecure_no_api_key, request limits) go to `alignkit.serving.app.serve`."""
     from alignkit.evaluation.backends import build_backend
     from alignkit.serving.app import serve
 
@@ -495,5 +505,5 @@ def serve_model(model: str = "embedded", *, host: str = "127.0.0.1", port: int =
     backend = build_backend(model, options)
     served_name = name or model
     print(f"serving {backend.model_id} as {served_name!r} on http://{host}:{port}/v1", flush=True)
-    serve(backend, served_name, host=host, port=port, default_max_tokens=default_max_tokens)
+    serve(backend, served_name, host=host, port=port, default_max_tokens=default_max_tokens, **serve_options)
 

@@ -148,21 +148,25 @@ def _summarise(scale: tuple[int, int], items: list[GradedItem]) -> GradingResult
     return GradingResult(scale, items, _summary(items), group(lambda item: item.category), per_turn)
 
 
-def _grade(backend: Backend, prompts: list, labels: list[tuple[str, str, int | None]], label: str,
-           scale: tuple[int, int], config: GradingConfig) -> GradingResult:
+def _grade(backend: Backend, prompts: list, labels: list[tuple[str, str, int | None]], shown: list[list[str]],
+           label: str, scale: tuple[int, int], config: GradingConfig) -> GradingResult:
+    """`shown[i]` holds the answers prompt i shows the judge: a score line copied from them is no verdict."""
     if not prompts:
         raise ValueError("nothing to grade: no questions or items were given")
 
-    def parse(completion: Completion) -> ParsedScore:
-        failure = completion_failure(completion)
-        if failure:
-            return ParsedScore(None, failure)
-        result = parse_score(completion.text, label, *scale)
-        if result.failure and completion.finish_reason == "length":
-            return ParsedScore(None, result.failure + " (reply cut off at max_tokens)")
-        return result
+    def parser(quoted: list[str]):
+        def parse(completion: Completion) -> ParsedScore:
+            failure = completion_failure(completion)
+            if failure:
+                return ParsedScore(None, failure)
+            result = parse_score(completion.text, label, *scale, quoted=quoted)
+            if result.failure and completion.finish_reason == "length":
+                return ParsedScore(None, result.failure + " (reply cut off at max_tokens)")
+            return result
+        return parse
 
-    asked = ask_parsed(backend, prompts, config.params, parse, config.max_parse_retries, config.batch_size)
+    asked = ask_parsed(backend, prompts, config.params, [parser(q) for q in shown], config.max_parse_retries,
+                       config.batch_size)
     items = [GradedItem(item_id, category, turn, result.parsed.score, result.parsed.failure is not None,
                         result.parsed.failure, result.log)
              for (item_id, category, turn), result in zip(labels, asked)]
@@ -185,7 +189,7 @@ def grade_single(backend: Backend, questions: Sequence[MTBenchQuestion], answers
     if missing or unknown:
         raise ValueError(f"answers do not match questions: missing answers for {missing}; "
                          f"answers for unknown question ids {unknown}")
-    prompts, labels = [], []
+    prompts, labels, shown = [], [], []
     for question in questions:
         answer = by_id[question.question_id]
         graded_turns = list(turns) if turns is not None else list(range(1, len(question.turns) + 1))
@@ -201,7 +205,8 @@ def grade_single(backend: Backend, questions: Sequence[MTBenchQuestion], answers
             prompts.append(judge_prompts.single_grade_prompt(
                 question.turns[:turn], answer[:turn], reference[:turn] if reference else None))
             labels.append((question.question_id, question.category, turn))
-    return _grade(backend, prompts, labels, "Rating", SINGLE_SCALE, config)
+            shown.append(list(answer[:turn]))
+    return _grade(backend, prompts, labels, shown, "Rating", SINGLE_SCALE, config)
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,7 @@ def load_rubric_items(path: str | os.PathLike) -> list[RubricItem]:
 def grade_rubric(backend: Backend, items: Sequence[RubricItem], rubric: str | None = None,
                  config: GradingConfig = GradingConfig()) -> GradingResult:
     """Score each item's response from 1 to 5 against its own rubric, or `rubric` when it has none."""
-    prompts, labels = [], []
+    prompts, labels, shown = [], [], []
     for index, item in enumerate(items):
         item_rubric = item.rubric if item.rubric is not None else rubric
         if not item_rubric or not item_rubric.strip():
@@ -244,4 +249,5 @@ def grade_rubric(backend: Backend, items: Sequence[RubricItem], rubric: str | No
         reference = item.reference if config.use_reference else None
         prompts.append(judge_prompts.rubric_prompt(item.instruction, item.response, item_rubric, reference))
         labels.append((item.id, item.category, None))
-    return _grade(backend, prompts, labels, "Score", RUBRIC_SCALE, config)
+        shown.append([item.response])
+    return _grade(backend, prompts, labels, shown, "Score", RUBRIC_SCALE, config)

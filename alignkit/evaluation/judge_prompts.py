@@ -3,9 +3,18 @@
 Every prompt is a single user message: some chat templates (Gemma, older Mistral) reject or fold a
 system turn, and a lone user turn renders the same everywhere. Each prompt ends by stating the exact
 output format that `verdicts.py` parses, so the two files change together.
+
+Texts are shown between fixed `[Name begins]` / `[Name ends]` lines. The texts are untrusted (a
+candidate output could write `[Output A ends]`, open a forged block and add its own instructions), so
+inside a block every bracketed phrase ending in "begins" or "ends" (any case, spacing, or a
+look-alike bracket) has its brackets turned into parentheses: `(Output A ends)`. A rendered prompt
+therefore has exactly one begin and one end line per block, and each text lies wholly inside its
+own. Texts without such phrases render unchanged, so prompts, and the judge cache keyed by them,
+stay as they were; the change is deterministic, so a rerun hits the same cache entries.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from alignkit.generation.backend import Message
@@ -28,8 +37,19 @@ _EXPLAIN = {
 }
 
 
+# Opening and closing brackets a judge would read as "[": ASCII, fullwidth, and CJK/math look-alikes.
+_OPEN, _CLOSE = "[\uff3b\u3010\u3014\u301a\u27e6", "]\uff3d\u3011\u3015\u301b\u27e7"
+_MARKER_LIKE = re.compile(rf"[{re.escape(_OPEN)}]([^{re.escape(_OPEN + _CLOSE)}\n]{{0,100}}?\b(?:begins|ends))\s*"
+                          rf"[{re.escape(_CLOSE)}]", re.IGNORECASE)
+
+
+def defuse_markers(text: str) -> str:
+    """`text` with every marker-like `[... begins]` / `[... ends]` turned into `(... begins)` / `(... ends)`."""
+    return _MARKER_LIKE.sub(lambda match: f"({match.group(1)})", text)
+
+
 def _block(name: str, text: str) -> str:
-    return f"[{name} begins]\n{text}\n[{name} ends]"
+    return f"[{name} begins]\n{defuse_markers(text)}\n[{name} ends]"
 
 
 def _verdict_format(allow_tie: bool) -> str:

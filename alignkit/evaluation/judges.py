@@ -16,6 +16,9 @@ A strategy is "plain" or a "+"-joined set of parts (any order, e.g. "rules+metri
 
 Metrics and reference are generated once per instruction and shared by both orders.
 
+A verdict line the judge merely copied from one of the outputs (which may end with its own
+"Verdict: A") is not read as the judge's verdict; see `verdicts.py`.
+
 Every pair is judged in both orders by default ("ab": the item's first output shown as A; "ba": shown
 as B), and results keep each order's verdict in terms of the item's outputs: "a", "b", "tie" (only when
 `allow_tie`) or None for a failure. Calls are batched per stage so a batching backend stays busy.
@@ -159,15 +162,17 @@ def completion_failure(completion: Completion) -> str | None:
 
 
 def ask_parsed(backend: Backend, prompts: Sequence[list[Message]], params: SamplingParams,
-               parse: Callable[[Completion], P], max_parse_retries: int = 0,
+               parse: Callable[[Completion], P] | Sequence[Callable[[Completion], P]], max_parse_retries: int = 0,
                batch_size: int = 64) -> list[Asked[P]]:
     """Send each prompt, parse each reply, and re-ask failed ones with a new seed up to `max_parse_retries` times.
 
-    `parse` must return an object with a `failure` attribute (None on success). Retry k uses seed
+    `parse` (one for all replies, or a sequence with one per prompt) must return an object with a
+    `failure` attribute (None on success). Retry k uses seed
     `params.seed + k` (or k when unseeded); with greedy decoding a deterministic backend will often
     repeat itself, so retries help most with temperature > 0.
     """
     logs = [CallLog(prompt=list(prompt)) for prompt in prompts]
+    parsers = list(parse) if isinstance(parse, Sequence) else [parse] * len(prompts)
     parsed: list = [None] * len(prompts)
     pending = list(range(len(prompts)))
     for attempt in range(max_parse_retries + 1):
@@ -183,7 +188,7 @@ def ask_parsed(backend: Backend, prompts: Sequence[list[Message]], params: Sampl
                                    f"(some may be empty) for {len(chunk)} conversations")
             for i, reply in zip(chunk, replies):
                 logs[i].outputs.append(reply[0].text)
-                parsed[i] = parse(reply[0])
+                parsed[i] = parsers[i](reply[0])
                 logs[i].failure = parsed[i].failure
                 if parsed[i].failure is not None:
                     failed.append(i)
@@ -204,14 +209,15 @@ def _parse_generated(completion: Completion) -> _Generated:
     return _Generated(None if failure else completion.text.strip(), failure)
 
 
-def _verdict_parser(config: JudgeConfig) -> Callable[[Completion], ParsedVerdict]:
+def _verdict_parser(config: JudgeConfig, shown: Sequence[str] = ()) -> Callable[[Completion], ParsedVerdict]:
+    """`shown`: the outputs in the prompt; a verdict line copied from them does not count."""
     def parse(completion: Completion) -> ParsedVerdict:
         failure = completion_failure(completion)
         if failure is not None:
             return ParsedVerdict(None, failure)
         if config.use_logprobs:
             return verdict_from_logprobs(completion.top_logprobs, config.allow_tie)
-        result = parse_verdict(completion.text, config.allow_tie)
+        result = parse_verdict(completion.text, config.allow_tie, quoted=shown)
         if result.failure and completion.finish_reason == "length":
             result = replace(result, failure=result.failure + " (reply cut off at max_tokens)")
         return result
@@ -285,8 +291,8 @@ def judge_pairs(backend: Backend, items: Sequence[PairItem | tuple[str, str, str
                 metrics=metrics[index].parsed.text if metrics else None,
                 reference=references[index].parsed.text if references else None,
                 allow_tie=config.allow_tie))
-    asked = ask_parsed(backend, prompts, config.params, _verdict_parser(config),
-                       config.max_parse_retries, config.batch_size)
+    parsers = [_verdict_parser(config, _shown(pairs[index], order)) for index, order in jobs]
+    asked = ask_parsed(backend, prompts, config.params, parsers, config.max_parse_retries, config.batch_size)
     judged = {job: _to_order_verdict(job[1], result) for job, result in zip(jobs, asked)}
 
     if strategy.swap:
@@ -325,8 +331,8 @@ def _decide_disagreements(backend: Backend, pairs: list[PairItem], judged: dict[
                 prompts.append(judge_prompts.swap_decision_prompt(
                     item.instruction, *_shown(item, order), both[order].judge.outputs[-1],
                     both[other].judge.outputs[-1], rules=strategy.rules, allow_tie=config.allow_tie))
-    asked = ask_parsed(backend, prompts, config.params, _verdict_parser(config),
-                       config.max_parse_retries, config.batch_size)
+    parsers = [_verdict_parser(config, _shown(pairs[index], order)) for index, order in jobs]
+    asked = ask_parsed(backend, prompts, config.params, parsers, config.max_parse_retries, config.batch_size)
     for (index, order), result in zip(jobs, asked):
         decided = _to_order_verdict(order, result)
         target = judged[(index, order)]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from alignkit.data.errors import DataError, RecordError, describe_type
-from alignkit.data.readers import located_records
+from alignkit.data.readers import located_records, read_text
 from alignkit.evaluation.judges import ORDERS, JudgeConfig, PairItem, PairJudgment, Strategy, judge_pairs
 from alignkit.generation.backend import Backend
 
@@ -57,7 +57,7 @@ def load_llmbar(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     for path in paths:
         path = Path(path)
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(read_text(path))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg} at column {error.colno}") from None
         if not isinstance(records, list) or not records:

@@ -244,16 +244,24 @@ def _win_rates_section(entries: list[dict[str, Any]]) -> str:
         return "—" if low is None or high is None else f"{pct(low)} – {pct(high)}"
 
     table_rows = [[esc(e["model"]), esc(e.get("reference") or "—"), pct(e["win_rate"]),
-                   interval(e.get("ci_low"), e.get("ci_high")), pct(e.get("lc_win_rate")),
+                   interval(e.get("ci_low"), e.get("ci_high")), _lc_cell(e),
                    interval(e.get("lc_ci_low"), e.get("lc_ci_high")), num(e.get("n_scored")),
                    num(e.get("failures")), pct(e.get("failure_rate"))] for e in entries]
     table = html_table(["model", "reference", "win rate", "95% CI", "LC win rate", "LC 95% CI", "scored", "failures",
                     "failure rate"], table_rows, text_columns=2)
-    notes = "".join(f'<p class="note">{esc(e["model"])}: length control — {esc(e["lc_note"])}</p>'
+    notes = "".join(f'<p class="note">{esc(e["model"])}: length control '
+                    f'{"unavailable:" if e.get("lc_win_rate") is None else "—"} {esc(e["lc_note"])}</p>'
                     for e in entries if e.get("lc_note"))
     return _section("win-rates", "Win rates", chart + table + notes,
                     "Wins count 1 and ties ½; unparseable judge answers are excluded and shown as failures. "
                     "Whiskers are 95% confidence intervals; the dashed line is 50%.")
+
+
+def _lc_cell(entry: dict[str, Any]) -> str:
+    # A missing LC rate with a reason was refused, not lost: say so rather than show a blank number.
+    if entry.get("lc_win_rate") is None and entry.get("lc_note"):
+        return "unavailable"
+    return pct(entry.get("lc_win_rate"))
 
 
 def _leaderboard_section(board: dict[str, Any]) -> str:

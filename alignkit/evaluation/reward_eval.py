@@ -193,7 +193,9 @@ def _to_score(data: dict) -> list[list[dict]]:
 
 def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int = 8,
                max_length: int = 2048) -> tuple[int, int]:
-    """Write each input record with `reward` (and `rewards` when it has several responses) added.
+    """Write each input record with its score added: `rewards`, one per response in order, for a
+    record with `responses`; `reward` otherwise. A record with `responses` gets no `reward`, since
+    one number would stand for only one of its samples. Earlier scores are replaced.
     Returns (records written, sequences cut from the left for length)."""
     from alignkit.generation.files import write_jsonl_atomic
     from alignkit.models.reward import score_sequences
@@ -213,17 +215,20 @@ def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int
     scores = score_sequences(model, sequences, batch_size=batch_size)
     rows, offset = [], 0
     for record, count in records:
-        row = dict(record.data)
+        row = {key: value for key, value in record.data.items() if key not in ("reward", "rewards")}
         mine = scores[offset:offset + count]
         offset += count
-        row["reward"] = mine[0]
-        if "responses" in row:
+        if record.data.get("responses") is not None:
             row["rewards"] = mine
+        else:
+            row["reward"] = mine[0]
         rows.append(row)
     write_jsonl_atomic(out_path, rows)
     return len(rows), truncated
 
 
 def write_result(result: RMEvalResult, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result.to_dict(), f, indent=2)
+    from alignkit.evaluation.run_files import write_text_atomic
+
+    # allow_nan: a correlation over constant scores is NaN, and the file says so rather than failing.
+    write_text_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")

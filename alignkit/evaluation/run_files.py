@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alignkit.data.errors import DataError, RecordError, describe_type
-from alignkit.data.readers import located_records
+from alignkit.data.readers import located_records, read_text
 from alignkit.evaluation.report import SECTIONS, write_report
 
 RESULTS_FORMAT = "alignkit-eval-results"
@@ -177,7 +177,7 @@ def read_sections(path: str | os.PathLike) -> tuple[dict, dict]:
     """(meta, report sections) of a results file, a report JSON file, or an `eval ifeval --out` file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg} at column {error.colno}") from None
     if not isinstance(data, dict):

@@ -16,12 +16,22 @@ Never guessed: a reply without a label line, a value that is not exactly one all
 "both", "neither", "A is better", "7-8", "11"), label lines that disagree, refusals and empty replies are
 all parse *failures*. Callers record them as failures and report their rate; a failure is never a win,
 a loss, a tie or a score.
+
+Copied verdicts: the outputs being judged are untrusted, and one may end with its own "Verdict: A".
+A judge that copies such text into its reply has not decided anything, so label lines inside a copy
+are not read. Pass those texts as `quoted`. A label line counts as copied when it, or the line its
+value is read from, belongs to two consecutive non-empty lines of the reply that also stand
+consecutively in one quoted text (compared after the normalisation above, so "> " quoting or bold
+does not hide a copy). Label lines outside copies are read as usual; when every label line is inside
+a copy, the reply is a failure. A lone line cannot be told apart: a judge whose whole reply is
+"Verdict: A" is read as deciding A even if an output contains that line.
 """
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 # Characters that markdown, quoting or the "[[A]]" convention wrap around labels and values.
 _MARKUP = re.compile(r"[*_`#>\[\](){}\"'\u201c\u201d\u2018\u2019]")
@@ -62,20 +72,44 @@ def _clean(text: str) -> str:
     return text.rstrip(".!").strip()
 
 
-def _labelled_values(text: str, label: str) -> list[str]:
-    """Values of every `label:` line, in order (the next non-empty line when the value is on its own)."""
+def _copied_lines(lines: list[str], quoted: Sequence[str]) -> set[int]:
+    """Indexes of cleaned reply `lines` that are part of a two-line verbatim copy of a quoted text."""
+    pairs = set()
+    for text in quoted:
+        source = [line for line in map(_clean, text.splitlines()) if line]
+        pairs.update(zip(source, source[1:]))
+    filled = [i for i, line in enumerate(lines) if line]
+    copied = set()
+    for first, second in zip(filled, filled[1:]):
+        if (lines[first], lines[second]) in pairs:
+            copied.update((first, second))
+    return copied
+
+
+def _labelled_values(text: str, label: str, quoted: Sequence[str] = ()) -> tuple[list[str], int]:
+    """Values of every `label:` line, in order (the next non-empty line when the value is on its own),
+    and how many label lines were left out as copies of `quoted` text (see the module doc)."""
     pattern = re.compile(rf"^(?:final\s+)?{label}\s*:\s*(.*)$")
     lines = [_clean(line) for line in text.splitlines()]
-    values = []
+    copied = _copied_lines(lines, quoted) if quoted else set()
+    values, skipped = [], 0
     for i, line in enumerate(lines):
         match = pattern.match(line)
         if match is None:
             continue
-        value = match.group(1)
+        value, at = match.group(1), i
         if not value:
-            value = next((later for later in lines[i + 1:] if later), "")
+            at = next((j for j in range(i + 1, len(lines)) if lines[j]), i)
+            value = lines[at] if at != i else ""
+        if i in copied or at in copied:
+            skipped += 1
+            continue
         values.append(value)
-    return values
+    return values, skipped
+
+
+def _only_copies(label: str) -> str:
+    return f"the only '{label}:' lines are inside text copied from an output shown to the judge"
 
 
 def _letter(value: str, allow_tie: bool) -> str | None:
@@ -87,11 +121,16 @@ def _letter(value: str, allow_tie: bool) -> str | None:
     return None
 
 
-def parse_verdict(text: str | None, allow_tie: bool = False) -> ParsedVerdict:
-    """Read ``Verdict: A|B`` (or ``tie`` when `allow_tie`) from a judge reply; see the module doc."""
+def parse_verdict(text: str | None, allow_tie: bool = False, quoted: Sequence[str] = ()) -> ParsedVerdict:
+    """Read ``Verdict: A|B`` (or ``tie`` when `allow_tie`) from a judge reply; see the module doc.
+
+    `quoted`: the outputs shown to the judge; verdict lines copied from them are not the judge's.
+    """
     if text is None or not text.strip():
         return ParsedVerdict(None, "empty reply")
-    values = _labelled_values(text, "verdict")
+    values, copied = _labelled_values(text, "verdict", quoted)
+    if copied and not values:
+        return ParsedVerdict(None, _only_copies("Verdict"))
     if not values:
         bare = _letter(_clean(text), allow_tie)
         if bare is not None:
@@ -121,11 +160,13 @@ def _number(value: str, low: int, high: int) -> tuple[float | None, str | None]:
     return number, None
 
 
-def parse_score(text: str | None, label: str, low: int, high: int) -> ParsedScore:
-    """Read ``<label>: N`` with `low` <= N <= `high` from a judge reply; see the module doc."""
+def parse_score(text: str | None, label: str, low: int, high: int, quoted: Sequence[str] = ()) -> ParsedScore:
+    """Read ``<label>: N`` with `low` <= N <= `high` from a judge reply; see the module doc (`quoted` too)."""
     if text is None or not text.strip():
         return ParsedScore(None, "empty reply")
-    values = _labelled_values(text, label.lower())
+    values, copied = _labelled_values(text, label.lower(), quoted)
+    if copied and not values:
+        return ParsedScore(None, _only_copies(label))
     if not values:
         bare, _ = _number(_clean(text), low, high)
         if bare is not None:

@@ -16,7 +16,10 @@ order would bring back the position bias that two orders exist to cancel.
 
 Length control: a logistic regression of the item score on
 tanh((len_model - len_reference) / scale) plus an intercept; the length-controlled win rate
-is the fitted probability at zero length difference, i.e. sigmoid(intercept).
+is the fitted probability at zero length difference, i.e. sigmoid(intercept). When the data
+cannot support that fit (no scored items, no more items than coefficients, the same length
+difference everywhere) it is unavailable: None, with the reason as its note. The raw figures
+never depend on it.
 """
 from __future__ import annotations
 
@@ -255,8 +258,14 @@ def fit_logistic(
     which is how ties (0.5) enter. `penalty` is the ridge weight per coefficient.
     Returns (coefficients, sandwich covariance). The sandwich form uses each item's actual
     spread around its fit, so a tie counts as less noisy than a coin flip.
+    Raises ValueError unless there are more rows than coefficients (the covariance divides by
+    n - k), np.linalg.LinAlgError for a singular Hessian and RuntimeError when Newton does not converge.
     """
     n, k = features.shape
+    if n <= k:
+        raise ValueError(f"fit_logistic needs more rows than coefficients, got {n} rows for {k}")
+    if not (np.all(np.isfinite(features)) and np.all((targets >= 0) & (targets <= 1))):
+        raise ValueError("fit_logistic needs finite features and targets in [0, 1]")
 
     def loss(b: np.ndarray) -> float:
         eta = features @ b
@@ -302,35 +311,34 @@ def length_controlled_win_rate(
                intercept: float | None, coef: float | None, scale: float | None, note: str = "") -> LengthControlledWinRate:
         return LengthControlledWinRate(rate, se, lo, hi, intercept, coef, scale, n, items.failures, note)
 
+    def unavailable(reason: str, scale: float | None = None) -> LengthControlledWinRate:
+        return result(None, None, None, None, None, None, scale, reason)
+
     if n == 0:
-        return result(None, None, None, None, None, None, None, "no scored items")
+        return unavailable("no scored items")
     if length_scale is None:
         length_scale = float(np.std(diffs)) if np.std(diffs) > 0 else 1.0
     elif length_scale <= 0:
         raise ValueError(f"length_scale must be positive, got {length_scale}")
-    feature = np.tanh(diffs / length_scale)
-
-    if np.all(diffs == 0):
-        columns = np.ones((n, 1))
-    elif np.ptp(feature) == 0:
-        return result(None, None, None, None, None, None, length_scale,
-                      f"every length difference is {diffs[0]:+g}, so length and model quality cannot be separated")
-    else:
-        columns = np.column_stack([np.ones(n), feature])
+    columns, reason = _length_design(diffs, length_scale)
+    if columns is None:
+        return unavailable(reason, length_scale)
 
     rate_raw = float(scores.mean())
     if rate_raw in (0.0, 1.0):
         # All losses or all wins: the intercept runs to infinity whatever the length says.
-        return result(rate_raw, 0.0 if n > 1 else None, rate_raw, rate_raw, None, None, length_scale,
+        return result(rate_raw, 0.0, rate_raw, rate_raw, None, None, length_scale,
                       "all scored items have the same outcome")
 
     penalty = np.zeros(columns.shape[1])
     penalty[1:] = slope_penalty
-    beta, covariance = fit_logistic(columns, scores, penalty)
+    try:
+        beta, covariance = fit_logistic(columns, scores, penalty)
+    except (np.linalg.LinAlgError, RuntimeError) as error:
+        return unavailable(f"the logistic fit failed ({error})", length_scale)
+    if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(covariance))):
+        return unavailable("the logistic fit gave non-finite numbers", length_scale)
     rate = float(sigmoid(beta[0]))
-    coef = float(beta[1]) if len(beta) > 1 else 0.0
-    if n <= columns.shape[1]:
-        return result(rate, None, None, None, float(beta[0]), coef, length_scale, "too few items for a standard error")
     se_logit = math.sqrt(max(covariance[0, 0], 0.0))
     return result(
         rate,
@@ -338,9 +346,32 @@ def length_controlled_win_rate(
         float(sigmoid(beta[0] - z * se_logit)),
         float(sigmoid(beta[0] + z * se_logit)),
         float(beta[0]),
-        coef,
+        float(beta[1]) if len(beta) > 1 else 0.0,
         length_scale,
     )
+
+
+def _length_design(diffs: np.ndarray, length_scale: float) -> tuple[np.ndarray | None, str]:
+    """The columns of the length fit, or None and the reason no fit can separate length from quality.
+
+    Checked before fitting, since a fit on too few items or a constant column has no unique answer.
+    """
+    n = len(diffs)
+    feature = np.tanh(diffs / length_scale)
+    if np.all(diffs == 0):
+        columns = np.ones((n, 1))  # equal lengths: the intercept alone, i.e. the raw win rate
+    elif np.ptp(diffs) == 0:
+        return None, f"every length difference is {diffs[0]:+g}, so length and model quality cannot be separated"
+    elif np.ptp(feature) == 0:
+        return None, (f"tanh(length difference / {length_scale:g}) is the same for every item; "
+                      "a larger length scale is needed")
+    else:
+        columns = np.column_stack([np.ones(n), feature])
+    k = columns.shape[1]
+    if n <= k:
+        return None, (f"{n} scored item{'s' if n != 1 else ''} for {k} coefficient{'s' if k != 1 else ''}; "
+                      "the fit needs more items than coefficients")
+    return columns, ""
 
 
 # ----------------------------------------------------------------------------- report entry

@@ -35,16 +35,18 @@ def write_jsonl_atomic(path: str, rows) -> None:
     os.replace(tmp, path)
 
 
-def generate_file(backend: Backend, prompts_path: str, out_path: str, params: SamplingParams, *,
+def generate_file(backend: Backend, prompts: list, out_path: str, params: SamplingParams, *,
                   progress: bool = True) -> int:
-    prompts, _ = read_prompts(prompts_path)
+    """Answer `prompts` (as `read_prompts` returns them: read before the model loads, so a bad prompts
+    file costs no model load) into a JSONL file; returns the number of records written."""
     completions = generate_texts(backend, [m for _, m in prompts], params, progress=progress)
     rows = []
     for (conv, messages), outs in zip(prompts, completions):
         row = {"source": f"{conv.source}:{conv.line}", "messages": messages, "prompt": messages[-1]["content"],
                "response": outs[0].text, "finish_reason": outs[0].finish_reason, "model": backend.model_id}
         if len(outs) > 1:
-            row["responses"] = [c.text for c in outs]
+            # Samples in sampling order, not a ranking: preference loaders need scores for them.
+            row["responses"], row["ranked"] = [c.text for c in outs], False
         rows.append(row)
     write_jsonl_atomic(out_path, rows)
     return len(rows)

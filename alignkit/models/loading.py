@@ -100,22 +100,95 @@ def resolve_spec(spec: str | None) -> tuple[str, str]:
         return "local", expanded
     looks_local = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1] or spec.count("/") > 1
     if looks_local or os.path.exists(expanded):
-        raise ModelLoadError(f"model path does not exist: {spec}")
+        raise ModelLoadError(f"model path does not exist: {spec}{_near_folder(expanded)}")
     return "hub", spec
+
+
+def _near_folder(path: str) -> str:
+    """'; did you mean X?' for a folder beside `path` with a similar name (a typo such as runs/sft/fnal)."""
+    import difflib
+
+    parent, name = os.path.split(os.path.normpath(path))
+    try:
+        folders = [entry.name for entry in os.scandir(parent or ".") if entry.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(name, folders, n=1)
+    return f"; did you mean {os.path.join(parent, close[0])}?" if close else ""
+
+
+def _hub_miss(spec: str, error: OSError) -> ModelLoadError:
+    """A name read as a hub id that the hub did not give: say every reading that was tried, in one line."""
+    from huggingface_hub import is_offline_mode
+
+    if is_offline_mode():
+        hub = "not a hub id in the local cache (offline mode)"
+    else:
+        lines = str(error).strip().splitlines()
+        hub = f"hub lookup failed: {lines[0] if lines else type(error).__name__}"
+    local = spec if os.path.isabs(os.path.expanduser(spec)) else os.path.join(".", spec)
+    return ModelLoadError(f"model {spec!r}: not 'embedded', no folder {local}, no .gguf file, {hub}"
+                          f"{_near_folder(os.path.expanduser(spec))}")
 
 
 def load_tokenizer(spec: str | None):
     from transformers import AutoTokenizer
 
     kind, where = resolve_spec(spec)
-    if kind == "gguf":
-        p = Path(where)
-        tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-    elif kind == "adapter":
-        tok = AutoTokenizer.from_pretrained(_adapter_base(where) if not _has_tokenizer(where) else where)
-    else:
-        tok = AutoTokenizer.from_pretrained(where)
+    try:
+        if kind == "gguf":
+            p = Path(where)
+            tok = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        elif kind == "adapter":
+            tok = AutoTokenizer.from_pretrained(_adapter_base(where) if not _has_tokenizer(where) else where)
+        else:
+            tok = AutoTokenizer.from_pretrained(where)
+    except OSError as e:
+        if kind == "hub":
+            raise _hub_miss(spec, e) from e
+        raise
     return prepare_tokenizer(tok)
+
+
+def check_chat_template(value: str, option: str = "model.chat_template") -> None:
+    """Before anything loads: `value` must be empty, a built-in template's name or an existing file."""
+    from alignkit.config import require
+    from alignkit.models.templates import TEMPLATES
+
+    require(value == "" or value in TEMPLATES or os.path.isfile(os.path.expanduser(value)), "", option,
+            f"a template file or one of {', '.join(TEMPLATES)}", value)
+
+
+def chat_template_text(value: str, *, option: str = "model.chat_template") -> str:
+    """The Jinja text `value` names: a built-in template (TEMPLATES in models/templates.py) or a template file."""
+    from alignkit.config import ConfigError
+    from alignkit.models.templates import TEMPLATES
+
+    if value in TEMPLATES:
+        return TEMPLATES[value]
+    try:
+        with open(os.path.expanduser(value), encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not a UTF-8 text file"
+        raise ConfigError(f"{option}: cannot read template file {value!r} ({reason}); "
+                          f"or name a built-in one: {', '.join(TEMPLATES)}") from None
+
+
+def use_chat_template(tokenizer, template: str, model: str | None, *, option: str = "model.chat_template"):
+    """The tokenizer with `template` set when one is given, else with its own template.
+
+    Every conversation goes through the chat template, so a tokenizer with none (a base model)
+    is an error here, naming the option that fixes it, rather than a library error mid-run.
+    """
+    from alignkit.models.templates import TEMPLATES
+
+    if template:
+        tokenizer.chat_template = chat_template_text(template, option=option)
+    elif not tokenizer.chat_template:
+        raise ModelLoadError(f"model {model or 'embedded'} has no chat template; set {option} to a Jinja "
+                             f"template file or one of: {', '.join(TEMPLATES)}")
+    return tokenizer
 
 
 def prepare_tokenizer(tok):
@@ -160,5 +233,7 @@ def load_model(spec: str | None = None, *, dtype: str = "fp32", attn_implementat
     except (OSError, ValueError) as e:
         if isinstance(e, ModelLoadError):
             raise
+        if kind == "hub" and isinstance(e, OSError):
+            raise _hub_miss(spec, e) from e
         raise ModelLoadError(f"could not load model {spec!r} ({kind}): {e}") from e
     return model, load_tokenizer(spec if kind != "embedded" else where)

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.config import require, require_number
+
 
 @dataclass
 class LoraConfig:
@@ -13,6 +15,13 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # empty: every linear layer but the output head
+
+    def validate(self, where: str = "model.lora") -> None:
+        require_number(where, "r", self.r, low=1, whole=True)
+        require_number(where, "alpha", self.alpha, low=0, low_open=True)
+        require_number(where, "dropout", self.dropout, low=0, high=1, high_open=True)
+        for i, name in enumerate(self.target_modules):
+            require(isinstance(name, str) and bool(name), where, f"target_modules[{i}]", "a module name", name)
 
 
 def find_target_modules(model) -> list[str]:

@@ -1,24 +1,49 @@
 """Checkpoints that let a run continue exactly: weights (or adapter), optimizer, scheduler,
 RNG states and the position in the data stream.
 
-A checkpoint is written to a temporary folder and renamed into place, so a crash while saving
-never leaves a folder that looks complete.
+A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so a crash
+while saving never leaves a folder that looks complete. Reading one checks every file before any is
+applied, so a damaged checkpoint is skipped (or reported) without touching the model.
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from alignkit.config import ConfigError
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+# What reading a cut-short, garbled or missing file raises (torch reports a broken archive as RuntimeError).
+_UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file that cannot be read back: cut short by a kill or a full disk, or damaged later."""
+
+
+@dataclass
+class SavedCheckpoint:
+    """Everything one checkpoint folder holds, read into memory and checked, not yet applied."""
+    path: Path
+    weights: dict
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    state: dict
 
 
 def rng_state() -> dict:
@@ -41,17 +66,22 @@ def save_checkpoint(root: str, step: int, *, weights: dict[str, torch.Tensor], o
     """`weights` are the trained tensors by parameter name (fp32 masters under bf16 training)."""
     root_path = Path(root) / "checkpoints"
     root_path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root_path, prefix=".tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=root_path, prefix=_TMP_PREFIX))
     try:
         save_file({n: t.detach().contiguous().clone() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        # Data first, then the name: otherwise a power cut can leave a complete-looking folder of empty files.
+        for file in tmp.iterdir():
+            _fsync(file)
+        _fsync(tmp)
         final = root_path / f"step-{step:07d}"
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync(root_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
@@ -67,18 +97,84 @@ def list_checkpoints(root: str) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def load_checkpoint(path: str | Path, *, weights: dict[str, torch.Tensor], optimizer, scheduler) -> dict:
-    """Copy the saved tensors into `weights` (same names as at save time) and restore the rest."""
+def remove_partial_checkpoints(root: str) -> None:
+    """Delete the temporary folders of saves that a kill interrupted (each as large as a checkpoint)."""
+    folder = Path(root) / "checkpoints"
+    if folder.is_dir():
+        for tmp in folder.glob(_TMP_PREFIX + "*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_latest_checkpoint(root: str) -> SavedCheckpoint | None:
+    """The newest checkpoint under `root` that reads back whole; damaged newer ones are skipped with a warning."""
+    found = list_checkpoints(root)
+    for path in reversed(found):
+        try:
+            return read_checkpoint(path)
+        except DamagedCheckpoint as e:
+            print(f"alignkit: warning: {e}; skipping it", file=sys.stderr, flush=True)
+    if found:
+        print(f"alignkit: warning: no usable checkpoint in {Path(root) / 'checkpoints'}; training starts from step 0",
+              file=sys.stderr, flush=True)
+    return None
+
+
+def read_checkpoint(path: str | Path) -> SavedCheckpoint:
+    """Read and check every file of a checkpoint; raises DamagedCheckpoint naming the folder, file and why."""
     path = Path(path)
-    saved = load_file(str(path / "trainable.safetensors"))
-    missing = [n for n in weights if n not in saved]
-    unknown = [n for n in saved if n not in weights]
-    if missing or unknown:
-        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unknown {unknown[:5]}")
+    saved = SavedCheckpoint(
+        path, weights=_read(path, "trainable.safetensors", lambda f: load_file(str(f))),
+        optimizer=_read(path, "optimizer.pt", _torch_load), scheduler=_read(path, "scheduler.pt", _torch_load),
+        rng=_read(path, "rng.pt", _torch_load), state=_read(path, "state.json", lambda f: json.loads(f.read_text())))
+    _expect(path, "optimizer.pt",
+            isinstance(saved.optimizer, dict) and {"state", "param_groups"} <= set(saved.optimizer))
+    _expect(path, "scheduler.pt", isinstance(saved.scheduler, dict))
+    _expect(path, "rng.pt", isinstance(saved.rng, dict) and {"python", "numpy", "torch"} <= set(saved.rng))
+    _expect(path, "state.json", isinstance(saved.state, dict)
+            and all(isinstance(saved.state.get(k), int) for k in ("step", "micro_index", "tokens")))
+    return saved
+
+
+def load_checkpoint(saved: SavedCheckpoint, *, weights: dict[str, torch.Tensor], optimizer, scheduler) -> dict:
+    """Apply a checkpoint from read_checkpoint: its tensors into `weights` (same names as at save time), then
+    optimizer, scheduler and RNG states. Returns the saved state (step, micro_index, tokens)."""
+    missing = [n for n in weights if n not in saved.weights]
+    unknown = [n for n in saved.weights if n not in weights]
+    reshaped = [n for n in weights if n in saved.weights and saved.weights[n].shape != weights[n].shape]
+    if missing or unknown or reshaped:
+        raise ConfigError(f"checkpoint {saved.path} is from another model (missing {missing[:3]}, unknown "
+                          f"{unknown[:3]}, other shape {reshaped[:3]}): use another train.output_dir, "
+                          "or train.if_exists=overwrite")
+    optimizer.load_state_dict(saved.optimizer)
+    scheduler.load_state_dict(saved.scheduler)
     with torch.no_grad():
-        for name, tensor in saved.items():
+        for name, tensor in saved.weights.items():
             weights[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text())
+    set_rng_state(saved.rng)
+    return saved.state
+
+
+def _torch_load(file: Path):
+    # CPU first: a checkpoint saved on a GPU stays readable without one; load_state_dict moves the tensors.
+    return torch.load(file, map_location="cpu", weights_only=False)
+
+
+def _read(folder: Path, name: str, reader):
+    try:
+        return reader(folder / name)
+    except _UNREADABLE as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DamagedCheckpoint(f"checkpoint {folder}: {name} is unreadable ({reason})") from None
+
+
+def _expect(folder: Path, name: str, ok: bool) -> None:
+    if not ok:
+        raise DamagedCheckpoint(f"checkpoint {folder}: {name} does not hold what a checkpoint saves")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

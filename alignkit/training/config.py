@@ -1,6 +1,14 @@
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+from alignkit.config import require, require_choice, require_number
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("bf16", "fp32")
+REPORT_TARGETS = ("tensorboard", "wandb", "mlflow")
+IF_EXISTS = ("error", "overwrite", "extend")
 
 
 @dataclass
@@ -24,9 +32,47 @@ class TrainConfig:
     shuffle: bool = True  # visit examples in a seeded random order each epoch
     eval_every: int = 0  # steps; 0 evaluates only at the end (when an eval set exists)
     save_every: int = 0  # steps; 0 saves only the final model
-    save_total_limit: int = 2  # checkpoints kept
+    save_total_limit: int = 2  # checkpoints kept; 0 keeps every one
     resume: str = "auto"  # auto (latest checkpoint in output_dir) | none | a checkpoint folder
+    if_exists: str = "error"  # a finished run in output_dir: error (stop) | overwrite (start over) | extend (continue from its last checkpoint)
     log_every: int = 1
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
+
+    def validate(self, where: str = "train") -> None:
+        """Every value checked here, so a bad one fails before the model loads, not inside torch."""
+        self._validate_steps(where)
+        self._validate_optimizer(where)
+        require(isinstance(self.output_dir, str) and bool(self.output_dir), where, "output_dir",
+                "a folder path", self.output_dir)
+        require_number(where, "seed", self.seed, low=0, high=2**32 - 1, whole=True)  # numpy's seed range
+        require_choice(where, "precision", self.precision, PRECISIONS)
+        require_choice(where, "if_exists", self.if_exists, IF_EXISTS)
+        require(isinstance(self.resume, str) and (self.resume in ("auto", "none") or os.path.isdir(self.resume)),
+                where, "resume", "auto, none or an existing checkpoint folder", self.resume)
+        for i, target in enumerate(self.report_to):
+            require_choice(where, f"report_to[{i}]", target, REPORT_TARGETS)
+        require_number(where, "threads", self.threads, low=0, whole=True)
+
+    def _validate_steps(self, where: str) -> None:
+        require_number(where, "max_steps", self.max_steps, low=0, whole=True)
+        # epochs only counts when max_steps is 0; then it must give at least some training.
+        require_number(where, "epochs", self.epochs, low=0, low_open=not self.max_steps)
+        for key in ("batch_size", "grad_accum", "log_every"):
+            require_number(where, key, getattr(self, key), low=1, whole=True)
+        for key in ("warmup_steps", "eval_every", "save_every", "save_total_limit"):
+            require_number(where, key, getattr(self, key), low=0, whole=True)
+
+    def _validate_optimizer(self, where: str) -> None:
+        require_number(where, "lr", self.lr, low=0, low_open=True)
+        require_number(where, "weight_decay", self.weight_decay, low=0)
+        betas = self.adam_betas
+        require(isinstance(betas, (list, tuple)) and len(betas) == 2, where, "adam_betas", "two numbers", betas)
+        for i, beta in enumerate(betas):
+            require_number(where, f"adam_betas[{i}]", beta, low=0, high=1, high_open=True)
+        require_number(where, "adam_eps", self.adam_eps, low=0, low_open=True)
+        require_choice(where, "schedule", self.schedule, SCHEDULES)
+        require_number(where, "warmup_ratio", self.warmup_ratio, low=0, high=1)
+        require_number(where, "min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        require_number(where, "max_grad_norm", self.max_grad_norm, low=0)

@@ -18,11 +18,12 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from alignkit.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from alignkit.training.checkpoint import (SavedCheckpoint, load_checkpoint, read_checkpoint, read_latest_checkpoint,
+                                          remove_partial_checkpoints, save_checkpoint)
 from alignkit.training.config import TrainConfig
+from alignkit.training.distributed import all_sum, on_main, rank_world, wrap
 from alignkit.training.memory import release_freed_tensors
 from alignkit.training.precision import MasterWeights
 from alignkit.training.schedule import make_scheduler
@@ -54,20 +55,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_sum(x: float) -> float:
-    if _world()[1] == 1:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item())
-
-
 class MicroBatches:
     """A deterministic, resumable stream of micro-batches: epoch e visits examples in the order of a
     permutation seeded by (seed, e); each process takes every world-th micro-batch."""
@@ -76,7 +63,7 @@ class MicroBatches:
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.seed, self.shuffle = examples, batch_size, seed, shuffle
-        rank, world = _world()
+        rank, world = rank_world()
         self.rank, self.world = rank, world
         per_epoch = math.ceil(len(examples) / batch_size)
         self.per_epoch = max(1, per_epoch // world)  # micro-batches each process sees per epoch
@@ -105,7 +92,7 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     release_freed_tensors()
-    rank, world = _world()
+    rank, world = rank_world()
     seed_everything(cfg.seed)
     stream = MicroBatches(train_examples, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle)
     steps_per_epoch = math.ceil(stream.per_epoch / cfg.grad_accum)
@@ -132,18 +119,19 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
                                min_ratio=cfg.min_lr_ratio)
 
     step, micro_index, tokens_done = 0, 0, 0
+    # Rank 0 tidies the checkpoints; the others wait, so none reads one that is being removed.
+    on_main(lambda: remove_partial_checkpoints(cfg.output_dir))
     checkpoint = _resume_point(cfg)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, weights=weights, optimizer=optimizer, scheduler=scheduler)
+        checkpoint = None  # its tensors, held for the whole run, would double the weights' and optimizer's memory
         if masters is not None:
             masters.push()
         step, micro_index, tokens_done = state["step"], state["micro_index"], state["tokens"]
 
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    train_model = wrap(model)
 
-    logger = MetricsLogger(cfg.output_dir, cfg.report_to, config_dict, enabled=rank == 0)
+    logger = MetricsLogger(cfg.output_dir, cfg.report_to, config_dict, enabled=rank == 0, start_step=step)
     result = TrainResult(steps=step, tokens=tokens_done)
     bar = tqdm(total=total_steps, initial=step, disable=not cfg.progress or rank != 0,
                desc="train", unit="step", dynamic_ncols=True)
@@ -153,7 +141,7 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     try:
         while step < total_steps:
             micro = [objective.collate(stream.get(micro_index + k)) for k in range(cfg.grad_accum)]
-            units = _all_sum(sum(b["num_units"] for b in micro))
+            units = all_sum(sum(b["num_units"] for b in micro))
             sums: dict[str, float] = {}
             step_tokens = 0
             for k, batch in enumerate(micro):
@@ -180,11 +168,11 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
                 optimizer.zero_grad(set_to_none=True)
             step += 1
             micro_index += cfg.grad_accum
-            step_tokens = int(_all_sum(step_tokens))
+            step_tokens = int(all_sum(step_tokens))
             tokens_done += step_tokens
             window_tokens += step_tokens
 
-            record = {k: _all_sum(v) / max(units, 1) for k, v in sums.items()}
+            record = {k: all_sum(v) / max(units, 1) for k, v in sums.items()}
             now = time.perf_counter()
             record.update(step=step, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
                           units=units, tokens=tokens_done, epoch=micro_index / stream.per_epoch,
@@ -225,24 +213,25 @@ def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig) 
     model.eval()
     sums: dict[str, float] = {}
     units = 0.0
-    rank, world = _world()
+    rank, world = rank_world()
     for start in range(rank * cfg.batch_size, len(examples), cfg.batch_size * world):
         batch = objective.collate(examples[start:start + cfg.batch_size])
         loss_sum, metrics = objective.loss(model, batch)
         units += batch["num_units"]
         for key, value in {"loss": float(loss_sum), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + float(value)
-    units = _all_sum(units)
-    return {f"eval_{k}": _all_sum(v) / max(units, 1) for k, v in sums.items()}
+    units = all_sum(units)
+    return {f"eval_{k}": all_sum(v) / max(units, 1) for k, v in sums.items()}
 
 
-def _resume_point(cfg: TrainConfig):
+def _resume_point(cfg: TrainConfig) -> SavedCheckpoint | None:
+    """The checkpoint to continue from, read whole: with resume=auto a damaged latest one falls back to an
+    earlier one; a folder the user named must be usable, else the run stops with a DamagedCheckpoint."""
     if cfg.resume == "none":
         return None
     if cfg.resume == "auto":
-        found = list_checkpoints(cfg.output_dir)
-        return found[-1] if found else None
+        return read_latest_checkpoint(cfg.output_dir)
     if not os.path.isdir(cfg.resume):
         raise FileNotFoundError(f"resume checkpoint not found: {cfg.resume}")
-    return cfg.resume
+    return read_checkpoint(cfg.resume)
 

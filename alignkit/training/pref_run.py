@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from functools import partial
 
-from alignkit.config import save_config, to_dict
+from alignkit.config import ConfigError, require, require_choice, require_number, to_dict, validate_config
 from alignkit.data.control import ControlConfig, load_control
 from alignkit.data.holdout import data_report, split_eval
 from alignkit.data.mixing import load_mix
@@ -20,10 +20,13 @@ from alignkit.data.preference import PAIR_RULES, load_feedback, load_pairs, load
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
 from alignkit.training.config import TrainConfig
+from alignkit.training.distributed import is_main, main_first, on_main
 from alignkit.training.loop import TrainResult, train
 from alignkit.training.preference import (PAIR_LOSSES, RANKING_LOSSES, PairwiseObjective, PrefExample,
                                           PrefLossConfig, RankingObjective, build_examples, pair_items, ranking_items)
 from alignkit.training.reference import LiveReference, attach_reference
+from alignkit.training.run_dir import start_run
+from alignkit.training.sft import validate_data_values
 
 
 @dataclass
@@ -38,13 +41,12 @@ class PrefDataConfig:
     pair_threshold: float = 0.0  # pair_rule=margin: keep pairs whose score difference is above this
     mix_total: int = 0  # size of the weighted mix; 0: largest without repeating any dataset
 
-    def check(self) -> None:
-        if not self.train:
-            raise ValueError("data.train lists no dataset")
-        if self.pair_rule not in PAIR_RULES:
-            raise ValueError(f"data.pair_rule must be one of {PAIR_RULES}, not {self.pair_rule!r}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+    def validate(self, where: str = "data") -> None:
+        validate_data_values(self, where)
+        require_choice(where, "pair_rule", self.pair_rule, PAIR_RULES)
+        require_number(where, "pair_threshold", self.pair_threshold, low=0)
+        require(not self.pair_threshold or self.pair_rule == "margin", where, "pair_threshold",
+                "0 unless pair_rule is margin", self.pair_threshold)
 
 
 @dataclass
@@ -55,13 +57,20 @@ class PrefConfig(PrefLossConfig):
     control: ControlConfig = field(default_factory=ControlConfig)  # loss=control only
     merge_lora: bool = True  # with LoRA, also write the merged model to final/ (the adapter goes to final/adapter)
 
-    def check(self) -> None:
-        super().check()
-        self.data.check()
+    def validate(self, where: str = "") -> None:
+        """The loss settings (the model, data and train sections validate themselves: see validate_config)."""
+        self.check()
+        require_number(where, "beta", self.beta, low=0, low_open=True)
+        require_number(where, "label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
+        for key in ("orpo_weight", "kto_desirable_weight", "kto_undesirable_weight"):
+            require_number(where, key, getattr(self, key), low=0)
+        for key in ("simpo_gamma", "slic_delta", "slic_reg_weight", "sft_weight"):  # None: unset
+            if getattr(self, key) is not None:
+                require_number(where, key, getattr(self, key), low=0)
         if self.loss == "control":
             self.control.check()
         if self.loss == "kto" and self.train.batch_size < 2:
-            raise ValueError("loss=kto needs train.batch_size >= 2: its KL baseline is a mean over the micro-batch")
+            raise ConfigError("loss=kto needs train.batch_size >= 2: its KL baseline is a mean over the micro-batch")
 
 
 def data_kind(loss: str) -> str:
@@ -90,7 +99,7 @@ def _load_items(data: PrefDataConfig, kind: str, specs, seed: int, *, mixed: boo
 def load_pref_data(data: PrefDataConfig, tokenizer, *, kind: str = "pairs",
                    seed: int = 0) -> tuple[list[PrefExample], list[PrefExample], dict]:
     """(train examples, eval examples, report dict); `kind` is pairs, rankings or feedback (see data_kind)."""
-    data.check()
+    validate_config(data, "data")
     build = partial(build_examples, tokenizer=tokenizer, max_length=data.max_length, overlong=data.overlong,
                     skip_bad=data.skip_bad)
     items, skips, mix = _load_items(data, kind, data.train, seed, mixed=True)
@@ -149,32 +158,35 @@ def prepare_reference(cfg: PrefConfig, model, tokenizer, examples: list[PrefExam
         return None
     if cfg.reference == "live":
         return LiveReference(model, cfg.train.precision)
-    report = attach_reference(model, examples, model_id=cfg.model.name, template=tokenizer.chat_template or "",
-                              max_length=cfg.data.max_length, cache_dir=cfg.reference_cache,
-                              batch_size=cfg.reference_batch_size, precision=cfg.train.precision)
+    # Rank 0 computes and caches the log-probs; the other ranks then load them rather than write the same file.
+    report = main_first(lambda: attach_reference(
+        model, examples, model_id=cfg.model.name, template=tokenizer.chat_template or "",
+        max_length=cfg.data.max_length, cache_dir=cfg.reference_cache, batch_size=cfg.reference_batch_size,
+        precision=cfg.train.precision))
     print(report.summary(), flush=True)
     return None
 
 
 def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
     """Train with the configured preference loss; the final model goes to output_dir/final (HF layout)."""
-    from alignkit.models.loading import load_model, load_tokenizer
+    from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
     from alignkit.models.lora import apply_lora, merge_lora
 
-    cfg.check()
+    validate_config(cfg)  # configs built in Python never went through load_config
     out = cfg.train.output_dir
-    os.makedirs(out, exist_ok=True)
-    save_config(cfg, os.path.join(out, "config.yaml"))
+    on_main(lambda: start_run(cfg))  # with several processes, rank 0 alone writes the run's files
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)
+    tokenizer = use_chat_template(tokenizer, cfg.model.chat_template, cfg.model.name)
     # Data first: a bad record fails in seconds, before the model is loaded.
     if cfg.loss == "control":
         train_examples, eval_examples, report = load_control_data(cfg, tokenizer, seed=cfg.train.seed)
     else:
         train_examples, eval_examples, report = load_pref_data(cfg.data, tokenizer, kind=data_kind(cfg.loss),
                                                                seed=cfg.train.seed)
-    with open(os.path.join(out, "data_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if is_main():
+        with open(os.path.join(out, "data_report.json"), "w") as f:
+            json.dump(report, f, indent=2)
     if model is None:
         model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
     # An adapter from an earlier stage is folded in: it is part of the starting (and reference) model.
@@ -184,8 +196,9 @@ def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None) -> Tr
     live = None if cfg.loss == "control" else prepare_reference(cfg, model, tokenizer, train_examples + eval_examples)
     result = train(model, make_objective(cfg, live), train_examples, cfg.train, eval_examples=eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
-    save_final(model, tokenizer, out, lora=cfg.model.lora.enabled, merge=cfg.merge_lora)
-    write_summary(result, out)
+    # Every rank returns only once final/ and summary.json are complete.
+    on_main(lambda: save_final(model, tokenizer, out, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
+    on_main(lambda: write_summary(result, out))
     return result
 
 

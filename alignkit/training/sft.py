@@ -9,18 +9,21 @@ from typing import Sequence
 
 import torch
 
-from alignkit.config import save_config, to_dict
+from alignkit.config import require, require_choice, require_number, to_dict, validate_config
+from alignkit.data.chat import TRAIN_ON
 from alignkit.data.formats import load_conversations
 from alignkit.data.holdout import data_report, split_eval
 from alignkit.data.mixing import load_mix
 from alignkit.data.packing import pack, target_positions
 from alignkit.data.readers import DataSpec
-from alignkit.data.sft import SFTExample, build_sft_examples
+from alignkit.data.sft import OVERLONG_POLICIES, SFTExample, build_sft_examples
 from alignkit.models.config import ModelConfig
 from alignkit.training.config import TrainConfig
+from alignkit.training.distributed import is_main, on_main
 from alignkit.training.forward import packed_logits
 from alignkit.training.losses import token_nll_sum
 from alignkit.training.loop import TrainResult, train
+from alignkit.training.run_dir import start_run
 
 
 @dataclass
@@ -33,6 +36,23 @@ class SFTDataConfig:
     train_on: str = "all_assistant"  # all_assistant | last_assistant
     skip_bad: bool = False
     mix_total: int = 0  # size of the weighted mix; 0: largest without repeating any dataset
+
+    def validate(self, where: str = "data") -> None:
+        validate_data_values(self, where)
+        require_choice(where, "train_on", self.train_on, TRAIN_ON)
+
+
+# A chat template's turn markers alone take several tokens; a shorter limit leaves nothing to learn.
+MIN_MAX_LENGTH = 16
+
+
+def validate_data_values(data, where: str) -> None:
+    """The checks SFT and preference data sections share (same field names and meanings)."""
+    require(len(data.train) > 0, where, "train", "a list of at least one dataset", data.train)
+    require_number(where, "max_length", data.max_length, low=MIN_MAX_LENGTH, whole=True)
+    require_choice(where, "overlong", data.overlong, OVERLONG_POLICIES)
+    require_number(where, "eval_fraction", data.eval_fraction, low=0, high=1, high_open=True)
+    require_number(where, "mix_total", data.mix_total, low=0, whole=True)
 
 
 @dataclass
@@ -59,8 +79,7 @@ class SFTObjective:
 
 def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
     """(train examples, eval examples, report dict) under the config's policies; prints a one-line summary."""
-    if not cfg.train:
-        raise ValueError("data.train lists no dataset")
+    validate_config(cfg, "data")
     load = partial(load_conversations, skip_bad=cfg.skip_bad)
     convs, skips, mix = load_mix(cfg.train, load, seed=seed, total=cfg.mix_total or None)
     build = partial(build_sft_examples, tokenizer=tokenizer, max_length=cfg.max_length, overlong=cfg.overlong,
@@ -78,24 +97,36 @@ def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
 
 def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
     """Load model and data, train, save the final model in the Hugging Face layout under output_dir/final."""
-    from alignkit.models.loading import load_model, load_tokenizer
-    from alignkit.models.lora import apply_lora, save_model
+    from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
+    from alignkit.models.lora import apply_lora
 
+    validate_config(cfg)  # configs built in Python never went through load_config
     out = cfg.train.output_dir
-    os.makedirs(out, exist_ok=True)
-    save_config(cfg, os.path.join(out, "config.yaml"))
+    on_main(lambda: start_run(cfg))  # with several processes, rank 0 alone writes the run's files
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)
+    tokenizer = use_chat_template(tokenizer, cfg.model.chat_template, cfg.model.name)
     # Data first: a bad record fails in seconds, before the model is loaded.
     train_examples, eval_examples, report = load_sft_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    with open(os.path.join(out, "data_report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if is_main():
+        with open(os.path.join(out, "data_report.json"), "w") as f:
+            json.dump(report, f, indent=2)
     if model is None:
         model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
     result = train(model, SFTObjective(), train_examples, cfg.train, eval_examples=eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
+    # Every rank returns only once final/ and summary.json are complete.
+    on_main(lambda: _save_outputs(cfg, model, tokenizer, result))
+    return result
+
+
+def _save_outputs(cfg: SFTConfig, model, tokenizer, result: TrainResult) -> None:
+    """final/ (Hugging Face layout; with LoRA also the adapter) and summary.json."""
+    from alignkit.models.lora import save_model
+
+    out = cfg.train.output_dir
     final = os.path.join(out, "final")
     tmp = final + ".tmp"
     if cfg.model.lora.enabled:
@@ -107,7 +138,6 @@ def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> Trai
                    "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
                    "final_loss": result.history[-1]["loss"] if result.history else None,
                    "eval": result.eval_history[-1] if result.eval_history else None}, f, indent=2)
-    return result
 
 
 def _replace_dir(tmp: str, final: str) -> None:

@@ -14,7 +14,8 @@ from alignkit.evaluation.ifeval.registry import (
     check_instruction,
     validate_kwargs,
 )
-from alignkit.evaluation.ifeval.scoring import IFEvalResult, PromptOutcome, Tally, score_ifeval, score_prompt
+from alignkit.evaluation.ifeval.scoring import (IFEvalResult, PromptOutcome, Tally, coverage_note, score_ifeval,
+                                                score_prompt)
 from alignkit.evaluation.ifeval.text import count_sentences, count_words, split_paragraphs, split_sentences
 from alignkit.evaluation.ifeval.variants import response_variants
 
@@ -27,6 +28,7 @@ __all__ = [
     "PromptOutcome",
     "Tally",
     "check_instruction",
+    "coverage_note",
     "count_sentences",
     "count_words",
     "load_ifeval_prompts",

@@ -7,22 +7,21 @@ import sys
 
 from alignkit.data.errors import DataError, RecordError
 from alignkit.evaluation.ifeval.data import IFEvalFormatError, load_ifeval_prompts, read_responses
-from alignkit.evaluation.ifeval.scoring import IFEvalResult, score_ifeval
+from alignkit.evaluation.ifeval.scoring import IFEvalResult, coverage_note, score_ifeval
 
 
-def _summary(result: IFEvalResult) -> str:
+def _summary(result: IFEvalResult, responses_path: str) -> str:
     lines = [
         f"prompt-level      strict {result.prompt_level_strict:.4f}   loose {result.prompt_level_loose:.4f}"
-        f"   ({result.prompts.total} prompts)",
+        f"   ({result.prompts.total} prompts, {result.n_answered} with a response)",
         f"instruction-level strict {result.instruction_level_strict:.4f}   loose {result.instruction_level_loose:.4f}"
         f"   ({result.instructions.total} instructions)",
     ]
     for name, tally in result.per_instruction.items():
         lines.append(f"  {name:<48} {tally.accuracy_strict:.3f} {tally.accuracy_loose:.3f}  n={tally.total}")
-    if result.missing:
-        lines.append(f"WARNING: {len(result.missing)} prompts had no response and count as failed")
-    if result.unmatched_responses:
-        lines.append(f"WARNING: {len(result.unmatched_responses)} responses match no prompt and were not scored")
+    note = coverage_note(result, responses_path)
+    if note:
+        lines.append(f"WARNING: {note}")
     return "\n".join(lines)
 
 
@@ -34,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = score_ifeval(load_ifeval_prompts(args.prompts), read_responses(args.responses))
+        summary = _summary(result, args.responses)
     except (IFEvalFormatError, RecordError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(_summary(result))
+    print(summary)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(result.to_dict(), handle, indent=2, ensure_ascii=False)

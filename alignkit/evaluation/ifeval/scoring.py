@@ -2,13 +2,16 @@
 
 A prompt passes when every one of its instructions passes; instruction level counts each
 instruction of each prompt separately. A prompt without a response is listed in `missing` and all
-its instructions count as failed, so accuracy is always over the whole prompt set.
+its instructions count as failed, so accuracy is always over the whole prompt set; `n_answered`
+says how many of those prompts had a response, and `coverage_note` turns that into the line
+every command prints (or the error, when no prompt had one).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+from alignkit.data.errors import DataError
 from alignkit.evaluation.ifeval.data import IFEvalPrompt
 from alignkit.evaluation.ifeval.registry import check_instruction
 
@@ -60,6 +63,11 @@ class IFEvalResult:
     unmatched_responses: list[str] = field(default_factory=list)  # responses to prompts not in the set
 
     @property
+    def n_answered(self) -> int:
+        """Prompts that had a response; the accuracies are over all `prompts.total` of them."""
+        return self.prompts.total - len(self.missing)
+
+    @property
     def prompt_level_strict(self) -> float:
         return self.prompts.accuracy_strict
 
@@ -81,6 +89,8 @@ class IFEvalResult:
             "prompt_level_loose": self.prompt_level_loose,
             "instruction_level_strict": self.instruction_level_strict,
             "instruction_level_loose": self.instruction_level_loose,
+            "n_prompts": self.prompts.total,
+            "n_answered": self.n_answered,
             "prompts": self.prompts.to_dict(),
             "instructions": self.instructions.to_dict(),
             "per_instruction": {name: tally.to_dict() for name, tally in self.per_instruction.items()},
@@ -130,6 +140,26 @@ def score_ifeval(prompts: Sequence[IFEvalPrompt], responses: Mapping[str, str]) 
         missing=[outcome.key for outcome in outcomes if outcome.missing],
         unmatched_responses=[text for text in responses if text not in known_prompts],
     )
+
+
+def coverage_note(result: IFEvalResult, responses_path: str) -> str | None:
+    """A console line when responses and prompts do not match one to one, else None.
+
+    Raises DataError when no prompt has a response: accuracies of nothing but failures would read
+    as a model that follows no instruction, when the responses are for other prompts.
+    """
+    if result.n_answered == 0:
+        raise DataError(f"{responses_path}: no response matches any of the {result.prompts.total} prompts "
+                        f"({len(result.unmatched_responses)} responses; a response is matched by the exact "
+                        "prompt text)")
+    parts = []
+    if result.missing:
+        parts.append(f"scored {result.n_answered} of {result.prompts.total} prompts; {len(result.missing)} "
+                     f"prompts had no response in {responses_path} and count as failed")
+    if result.unmatched_responses:
+        parts.append(f"{len(result.unmatched_responses)} responses in {responses_path} match no prompt "
+                     "and were not scored")
+    return "; ".join(parts) or None
 
 
 def _add(tally: Tally, strict: bool, loose: bool) -> None:
