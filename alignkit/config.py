@@ -4,17 +4,22 @@
 applies the overrides (values parsed as YAML scalars, so types come out right) and checks every
 key against the dataclass fields, naming the unknown ones. Then every section that has a
 `validate(where)` method checks its values (see `validate_config`), so a bad value is a one-line
-error naming its key before anything is loaded.
+error naming its key before anything is loaded. `config_keys_help` lists a config's keys, defaults
+and field comments for a command's `--help`.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
 
 import yaml
+
+from alignkit.atomic_write import write_text_atomic
 
 T = TypeVar("T")
 
@@ -198,5 +203,25 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 
 def save_config(cfg, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_keys_help(config, prefix: str = "") -> str:
+    """One line per key of a config (a dataclass instance holding the defaults), `key (default):
+    comment`, read from the dataclass source so the help never drifts from the field comments."""
+    comments = {}
+    for klass in reversed(type(config).__mro__):
+        if dataclasses.is_dataclass(klass):
+            for line in inspect.getsource(klass).splitlines():
+                found = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+                if found:
+                    comments[found.group(1)] = found.group(2).strip()
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(config_keys_help(value, f"{prefix}{f.name}."))
+            continue
+        default = f"{value!r}" if value not in ("", None, []) else "empty"
+        lines.append(f"  {prefix}{f.name} ({default}): {comments.get(f.name, '')}".rstrip(": "))
+    return "\n".join(lines)

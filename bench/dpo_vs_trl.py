@@ -27,7 +27,7 @@ from pathlib import Path
 from common import child
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "alignkit" / "demo_data" / "pref_train.jsonl"
+DATA = ROOT / "alignkit" / "demo" / "data" / "pref_train.jsonl"
 SETTINGS = ("live", "precomputed", "lora")
 LORA = dict(r=16, alpha=32, dropout=0.0)
 
@@ -152,7 +152,9 @@ def main() -> None:
             results[f"{setting}/{name}"] = json.loads(line[-1][7:])
     report(results, a)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
+        from alignkit.atomic_write import write_json_atomic
+
+        write_json_atomic(a.json, results, allow_nan=True)
 
 
 def report(results: dict, a) -> None:

@@ -16,7 +16,6 @@ backend, so "prompts per backend call" shows how much the batcher actually merge
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -67,7 +66,7 @@ class Row:
 
 
 def _judge(judge_backend, items, config):
-    from alignkit.evaluation.judges import judge_pairs
+    from alignkit.judges import judge_pairs
 
     started = time.perf_counter()
     judged = judge_pairs(judge_backend, items, config)
@@ -89,12 +88,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from alignkit.evaluation.backends import build_backend, BackendOptions
-    from alignkit.evaluation.cache import CachedBackend
-    from alignkit.evaluation.judges import JudgeConfig, PairItem
+    from alignkit.atomic_write import write_json_atomic
     from alignkit.evaluation.meta_eval import load_llmbar
     from alignkit.generation.backend import SamplingParams
+    from alignkit.generation.cache import CachedBackend
     from alignkit.generation.openai_backend import OpenAIBackend
+    from alignkit.generation.specs import BackendOptions, build_backend
+    from alignkit.judges import JudgeConfig, PairItem
     from alignkit.serving.app import create_app
     from alignkit.serving.background import start_in_background
 
@@ -148,12 +148,8 @@ def main() -> None:
     warm = rows[2]
     print(f"warm-cache rerun: {warm.new_calls} new calls, {warm.http_requests} HTTP requests, "
           f"{warm.server_backend_calls} server backend calls")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(json.dumps({"args": vars(args), "rows": [asdict(r) for r in rows],
-                               "same_verdicts": same}, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json_atomic(args.out, {"args": vars(args), "rows": [asdict(r) for r in rows], "same_verdicts": same},
+                      allow_nan=True)
 
 
 if __name__ == "__main__":

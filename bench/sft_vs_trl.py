@@ -20,7 +20,7 @@ from pathlib import Path
 from common import child
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "alignkit" / "demo_data" / "sft_train.jsonl"
+DATA = ROOT / "alignkit" / "demo" / "data" / "sft_train.jsonl"
 
 
 def rows():
@@ -104,7 +104,9 @@ def main() -> None:
     results = {name: _median_run(rs) for name, rs in runs.items()}
     report(results, a)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
+        from alignkit.atomic_write import write_json_atomic
+
+        write_json_atomic(a.json, results, allow_nan=True)
 
 
 def _median_run(rs: list[dict]) -> dict:

@@ -30,8 +30,8 @@ def gloo_threads() -> list[str]:
 
 def reference_summary(model, tok, cache_dir: str) -> str:
     """What pref_run.prepare_reference prints on this rank for log-probs no rank has cached yet."""
+    from alignkit.data.pref_examples import build_examples
     from alignkit.training.pref_run import PrefConfig, prepare_reference
-    from alignkit.training.preference import build_examples
 
     items = [([{"role": "user", "content": f"say {i}"}], [[{"role": "assistant", "content": "hi there"}],
                                                          [{"role": "assistant", "content": "no"}]],

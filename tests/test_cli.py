@@ -85,6 +85,8 @@ def test_generate_writes_responses(tmp_path, model_dir):
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert len(rows) == 2 and all(isinstance(r["response"], str) for r in rows)
     assert rows[1]["messages"] == GOOD["messages"][:1], "the reference answer is not part of the prompt"
+    # Tables of win rates name models by this field: it is what the user called the model, not a cache id.
+    assert {r["model"] for r in rows} == {model_dir}
 
 
 def test_generate_bad_prompts_leave_no_output(tmp_path, model_dir, capsys):
@@ -92,7 +94,7 @@ def test_generate_bad_prompts_leave_no_output(tmp_path, model_dir, capsys):
     out = tmp_path / "out.jsonl"
     code = main(["generate", "--model", model_dir, "--prompts", prompts, "--out", str(out), "--max-tokens", "5"])
     assert code == 2 and "p.jsonl:2" in capsys.readouterr().err
-    assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_chat_repl_keeps_history():

@@ -13,8 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from alignkit.cli import main
-from alignkit.evaluation.backends import BackendSpec, local_model_id, parse_backend_spec
 from alignkit.generation.backend import Completion
+from alignkit.generation.model_id import local_model_id
+from alignkit.generation.specs import BackendSpec, parse_backend_spec
 from alignkit.serving.app import create_app
 from alignkit.serving.background import start_in_background
 
@@ -351,7 +352,7 @@ def test_report_merges_real_results_files(tmp_path, judges, shared_data):
     assert data["strategy_comparison"][0]["accuracy_by_order"] == {"ab": 1.0}
     assert [r["model"] for r in data["leaderboard"]["ratings"]] == ["mine", "theirs"]
     page = (tmp_path / "report" / "report.html").read_text()
-    assert "<svg" in page and "judge_x" in page and not list((tmp_path / "report").glob(".report-*"))
+    assert "<svg" in page and "judge_x" in page and not list((tmp_path / "report").glob(".tmp-*"))
 
 
 def test_report_refuses_files_that_are_not_results(tmp_path, capsys):
@@ -395,8 +396,19 @@ def test_local_model_id_tells_dtypes_apart():
     assert local_model_id("embedded", "bf16") == "embedded:SmolLM2-135M-Instruct@bf16"
 
 
+def test_every_loader_of_a_local_model_names_it_by_the_one_rule(model_dir):
+    from alignkit.cli.local_model import local_backend
+    from alignkit.generation.specs import BackendOptions, build_backend
+
+    expected = local_model_id(model_dir, "bf16")
+    assert expected.startswith(model_dir + "#") and expected.endswith("@bf16")
+    assert local_backend(model_dir, "bf16", 1).model_id == expected  # generate, chat, eval ifeval
+    assert build_backend(model_dir, BackendOptions(dtype="bf16")).model_id == expected  # judges and serve
+    assert local_model_id(None) == local_model_id("") == local_model_id("embedded")
+
+
 def test_swap_reports_the_failed_order_once_in_both_orders():
-    from alignkit.evaluation.judges import JudgeConfig, judge_pairs
+    from alignkit.judges import JudgeConfig, judge_pairs
 
     class FailsWhenGoodIsShownFirst:
         model_id = "x"

@@ -18,8 +18,8 @@ import openai
 import pytest
 
 from alignkit.cli import main
-from alignkit.demo import load_heldout
-from alignkit.evaluation.demo_stage import evaluate_stages
+from alignkit.demo.evaluation_stage import evaluate_stages
+from alignkit.demo.heldout import load_heldout
 from alignkit.generation.backend import Completion
 from alignkit.generation.local import LocalBackend
 from alignkit.serving.app import create_app

@@ -339,7 +339,7 @@ def test_vllm_backend_without_vllm_says_so(monkeypatch):
 
 def test_vllm_judge_specs_resolve_like_local_ones(monkeypatch, tmp_path):
     import sys
-    from alignkit.evaluation.backends import BackendOptions, build_backend
+    from alignkit.generation.specs import BackendOptions, build_backend
     from alignkit.models.lora import save_model
     from alignkit.models.tiny import tiny_model, tiny_tokenizer
 

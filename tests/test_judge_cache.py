@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from alignkit.evaluation.cache import CachedBackend
-from alignkit.evaluation.judges import JudgeConfig, PairItem, judge_pairs
 from alignkit.generation.backend import Completion, SamplingParams
+from alignkit.generation.cache import CachedBackend, cache_key
+from alignkit.judges import JudgeConfig, PairItem, judge_pairs
 
 
 class EchoBackend:
@@ -68,13 +68,15 @@ def test_hits_misses_and_a_rerun_without_calls(tmp_path):
     assert len(rerun) == 4
 
 
-@pytest.mark.parametrize("change", ["temperature", "seed", "max_tokens", "n", "logprobs", "model", "message", "kind"])
+@pytest.mark.parametrize("change", ["temperature", "seed", "max_tokens", "n", "logprobs", "return_tokens", "model",
+                                    "message", "kind"])
 def test_anything_that_changes_the_output_changes_the_key(tmp_path, change):
     path = tmp_path / "cache.db"
     CachedBackend(EchoBackend(), path).chat([conv("same")], SamplingParams())
     params = {"temperature": SamplingParams(temperature=0.7), "seed": SamplingParams(seed=1),
               "max_tokens": SamplingParams(max_tokens=5), "n": SamplingParams(n=2),
-              "logprobs": SamplingParams(logprobs=3)}.get(change, SamplingParams())
+              "logprobs": SamplingParams(logprobs=3),
+              "return_tokens": SamplingParams(return_tokens=True)}.get(change, SamplingParams())
     backend = EchoBackend("other-model" if change == "model" else "echo-model")
     cached = CachedBackend(backend, path)
     if change == "kind":
@@ -83,6 +85,32 @@ def test_anything_that_changes_the_output_changes_the_key(tmp_path, change):
         cached.chat([[{"role": "system", "content": "x"}] + conv("same")] if change == "message" else [conv("same")],
                     params)
     assert backend.calls == 1 and cached.stats.misses == 1
+
+
+def test_keys_of_existing_calls_are_unchanged():
+    # Pinned from before SamplingParams had return_tokens: judge caches written then must still hit.
+    params = SamplingParams(max_tokens=512, stop=("x",), logprobs=5, seed=3)
+    assert cache_key("judge", "chat", params, conv("hi"))[0] == \
+        "2ef73cf107eb1b74ff565c9dd27d6ee4faf774cf899fed3a706bd41bde371bec"
+    assert cache_key("judge", "complete", SamplingParams(), "hi")[0] == \
+        "14d53b06852ed6790e159d7cd313986314a57f3a8fb3b62aedc7c96deaaaa273"
+
+
+def test_token_ids_and_logprobs_survive_the_cache_and_old_rows_still_load(tmp_path):
+    path = tmp_path / "cache.db"
+    backend = EchoBackend()
+    backend._reply = lambda text, params: [Completion(text, token_ids=[4, 2], logprobs=[-0.5, -1.0])]
+    CachedBackend(backend, path).chat([conv("new")], SamplingParams(return_tokens=True))
+    # A row stored before Completion had these fields holds none of them.
+    old_key, old_request = cache_key("echo-model", "chat", SamplingParams(), conv("old"))
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO completions VALUES (?, ?, ?, ?, 0)",
+                   (old_key, "echo-model", old_request, '[{"text": "old reply", "finish_reason": "stop"}]'))
+    rerun = CachedBackend(ForbiddenBackend(), path)
+    (new,), = rerun.chat([conv("new")], SamplingParams(return_tokens=True))
+    (old,), = rerun.chat([conv("old")], SamplingParams())
+    assert (new.token_ids, new.logprobs) == ([4, 2], [-0.5, -1.0])
+    assert (old.text, old.token_ids, old.logprobs) == ("old reply", None, None)
 
 
 def test_message_key_order_does_not_matter(tmp_path):

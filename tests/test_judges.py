@@ -8,12 +8,12 @@ import re
 import pytest
 
 from alignkit.data.errors import DataError, RecordError
-from alignkit.evaluation import judge_prompts
 from alignkit.evaluation.grading import (GradingConfig, RubricItem, grade_rubric, grade_single, load_answers,
                                          load_mt_bench_questions)
-from alignkit.evaluation.judges import JudgeConfig, PairItem, Strategy, judge_pairs
-from alignkit.evaluation.verdicts import parse_score, parse_verdict, verdict_from_logprobs
 from alignkit.generation.backend import Completion, SamplingParams
+from alignkit.judges import (JudgeConfig, PairItem, Strategy, judge_pairs, parse_score, parse_verdict,
+                             verdict_from_logprobs)
+from alignkit.judges import prompts as judge_prompts
 
 
 class ScriptedBackend:

@@ -65,6 +65,13 @@ class Crash(RuntimeError):
     pass
 
 
+def crash_at(at):
+    def on_step(step, record):
+        if step == at:
+            raise Crash()
+    return on_step
+
+
 def test_interrupted_and_resumed_run_logs_the_same_losses(tmp_path):
     tok = tiny_tokenizer()
     data = make_examples(tok, 10)
@@ -88,6 +95,41 @@ def test_interrupted_and_resumed_run_logs_the_same_losses(tmp_path):
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]  # the replayed 4, 5 once
 
 
+def test_a_checkpoint_from_before_batch_sources_resumes_exactly(tmp_path):
+    """Older checkpoints kept the data position as micro_index in state.json and had no loop_state.pt."""
+    tok = tiny_tokenizer()
+    data = make_examples(tok, 10)
+    full = train(tiny_model(tok), SFTObjective(), data, cfg(tmp_path / "full", max_steps=6, grad_accum=2, save_every=3))
+    run_dir = tmp_path / "old"
+    with pytest.raises(Crash):
+        train(tiny_model(tok), SFTObjective(), data, cfg(run_dir, max_steps=6, grad_accum=2, save_every=3),
+              on_step=crash_at(5))
+    folder = run_dir / "checkpoints" / "step-0000003"
+    assert torch.load(folder / "loop_state.pt", weights_only=False) == {"source": {"micro_index": 6}, "objective": None}
+    (folder / "loop_state.pt").unlink()
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**state, "micro_index": 6}))
+    resumed = train(tiny_model(tok), SFTObjective(), data, cfg(run_dir, max_steps=6, grad_accum=2, save_every=3))
+    assert [r["step"] for r in resumed.history] == [4, 5, 6]
+    for r in resumed.history:
+        assert r["loss"] == pytest.approx(full.history[r["step"] - 1]["loss"], rel=1e-6), r["step"]
+
+
+def test_a_damaged_loop_state_falls_back_to_the_checkpoint_before(tmp_path, capsys):
+    tok = tiny_tokenizer()
+    data = make_examples(tok, 10)
+    full = train(tiny_model(tok), SFTObjective(), data, cfg(tmp_path / "full", max_steps=6, save_every=2))
+    run_dir = tmp_path / "r"
+    with pytest.raises(Crash):
+        train(tiny_model(tok), SFTObjective(), data, cfg(run_dir, max_steps=6, save_every=2), on_step=crash_at(5))
+    (run_dir / "checkpoints" / "step-0000004" / "loop_state.pt").write_bytes(b"not a checkpoint file")
+    resumed = train(tiny_model(tok), SFTObjective(), data, cfg(run_dir, max_steps=6, save_every=2))
+    assert "step-0000004" in capsys.readouterr().err
+    assert [r["step"] for r in resumed.history] == [3, 4, 5, 6]
+    for r in resumed.history:
+        assert r["loss"] == pytest.approx(full.history[r["step"] - 1]["loss"], rel=1e-6), r["step"]
+
+
 def test_checkpoints_are_pruned_and_complete(tmp_path):
     tok = tiny_tokenizer()
     train(tiny_model(tok), SFTObjective(), make_examples(tok, 6), cfg(tmp_path, max_steps=7, save_every=2, save_total_limit=2))
@@ -95,7 +137,8 @@ def test_checkpoints_are_pruned_and_complete(tmp_path):
     assert names == ["step-0000004", "step-0000006"]
     for name in names:
         files = {p.name for p in (tmp_path / "checkpoints" / name).iterdir()}
-        assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= files
+        assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "loop_state.pt",
+                "state.json"} <= files
 
 
 def test_training_reduces_loss_and_evaluates(tmp_path):

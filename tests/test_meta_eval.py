@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from alignkit.data.errors import RecordError
-from alignkit.evaluation.judges import JudgeConfig
 from alignkit.evaluation.meta_eval import (LabelledPair, Prediction, evaluate_judge, evaluate_predictions,
                                            load_llmbar, load_predictions, score_verdicts)
 from alignkit.generation.backend import Completion
+from alignkit.judges import JudgeConfig
 
 
 class ScriptedBackend:

@@ -182,3 +182,49 @@ def test_against_our_server_matches_local_backend():
         assert remote.usage.completion_tokens == sum(c.completion_tokens for r in direct + raw_direct for c in r)
     finally:
         torch.set_num_threads(previous)
+
+
+def token_server(bodies: list[dict]) -> FastAPI:
+    """Answers "ab" as tokens 5 and 9, sending ids the two ways vLLM can: a `token_ids` list on chat
+    choices, and `token_id:<id>` token strings on completions; log-probs only when asked."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        bodies.append(body)
+        logprobs = {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                                for t, lp in (("a", -0.1), ("b", -0.2))]} if body.get("logprobs") else None
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ab"}, "finish_reason": "stop",
+                             "logprobs": logprobs, "token_ids": [5, 9]}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+    @app.post("/v1/completions")
+    async def complete(request: Request):
+        body = await request.json()
+        bodies.append(body)
+        logprobs = {"tokens": ["token_id:5", "token_id:9"], "token_logprobs": [-0.3, -0.4], "top_logprobs": None,
+                    "text_offset": [0, 1]} if body.get("logprobs") is not None else None
+        return {"id": "c", "object": "text_completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "text": "ab", "finish_reason": "length", "logprobs": logprobs}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+    return app
+
+
+def test_token_ids_and_logprobs_where_the_server_sends_them():
+    bodies: list[dict] = []
+    with start_in_background(token_server(bodies)) as server:
+        backend = OpenAIBackend(base_url=server.base_url + "/v1", api_key="test", model="m", backoff_base=0.01)
+        (greedy,), = backend.chat([HELLO], SamplingParams(return_tokens=True))
+        (warm,), = backend.chat([HELLO], SamplingParams(temperature=0.7, return_tokens=True))
+        (raw,), = backend.complete(["x"], SamplingParams(temperature=1.0, return_tokens=True))
+        (plain,), = backend.chat([HELLO], SamplingParams())
+    assert (greedy.token_ids, greedy.logprobs, greedy.top_logprobs) == ([5, 9], [-0.1, -0.2], None)
+    assert bodies[0]["logprobs"] is True and "top_logprobs" not in bodies[0]
+    # Servers report the model's own log-probs, which are not those of a temperature-0.7 draw.
+    assert (warm.token_ids, warm.logprobs) == ([5, 9], None) and "logprobs" not in bodies[1]
+    assert (raw.token_ids, raw.logprobs, raw.top_logprobs) == ([5, 9], [-0.3, -0.4], None)
+    assert bodies[2]["logprobs"] == 0
+    assert (plain.token_ids, plain.logprobs) == (None, None) and "logprobs" not in bodies[3]

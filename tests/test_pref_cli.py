@@ -6,7 +6,7 @@ import pytest
 from alignkit.cli import main
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
 
-DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo_data")
+DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo", "data")
 
 
 

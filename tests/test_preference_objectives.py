@@ -5,19 +5,20 @@ import pytest
 import torch
 
 from alignkit.data.chat import IGNORE
+from alignkit.data.pref_examples import build_examples, feedback_items
 from alignkit.data.preference import Feedback
 from alignkit.data.readers import DataSpec
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
 from alignkit.training import preference_losses as pl
 from alignkit.training.config import TrainConfig
-from alignkit.training.kto import KTOObjective, feedback_items
+from alignkit.training.kto import KTOObjective
 from alignkit.training.loop import train
 from alignkit.training.pref_run import PrefConfig, PrefDataConfig, load_pref_data
 from alignkit.training.preference import (PAIR_LOSSES, PairwiseObjective, PrefLossConfig, RankingObjective,
-                                          build_examples, collate_examples)
+                                          collate_examples)
 from alignkit.training.reference import LiveReference, attach_reference, sequence_logps
 
-DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo_data")
+DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo", "data")
 
 
 

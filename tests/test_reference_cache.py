@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
+from alignkit.data.pref_examples import build_examples
 from alignkit.models.lora import LoraConfig, apply_lora
 from alignkit.models.tiny import tiny_model
-from alignkit.training.preference import build_examples
 from alignkit.training.reference import (LiveReference, ReferenceCache, attach_reference, compute_logps,
                                         model_fingerprint, pack_sequences, sequence_logps)
 

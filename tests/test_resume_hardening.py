@@ -103,7 +103,7 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     train(tiny_model(tok), SFTObjective(), examples, run_cfg, eval_examples=examples[:2])
     assert logged_steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert logged_steps(tmp_path, "eval_loss") == [2, 4, 6, 8]
-    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+    assert not list(tmp_path.glob(".tmp-*"))  # the rewrite's temporary file is gone
 
 
 # ---- leftovers of interrupted saves ----
@@ -118,7 +118,7 @@ def test_leftovers_of_interrupted_checkpoint_saves_are_removed_on_the_next_start
 
 
 def test_a_stale_final_tmp_does_not_leak_into_the_final_model(tmp_path, model_dir, data):
-    stale = tmp_path / "run" / "final.tmp"
+    stale = tmp_path / "run" / ".tmp-final-4242-0badf00d"  # what a kill while saving final/ leaves
     stale.mkdir(parents=True)
     (stale / "half-written.bin").write_bytes(b"\0" * 1024)
     code, out = sft_cli(tmp_path, model_dir, data)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from alignkit.data.errors import RecordError
+from alignkit.data.pref_examples import build_examples
 from alignkit.data.readers import DataSpec
 from alignkit.evaluation.reward_eval import (load_eval_pairs, pearson, rm_eval, score_file, summarize,
                                              to_eval_pair)
@@ -14,10 +15,9 @@ from alignkit.models.tiny import tiny_model
 from alignkit.training.config import TrainConfig
 from alignkit.training.loop import train
 from alignkit.training.pref_run import PrefDataConfig, load_pref_data
-from alignkit.training.preference import build_examples
 from alignkit.training.reward import RewardObjective
 
-DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo_data")
+DEMO = os.path.join(os.path.dirname(__file__), "..", "alignkit", "demo", "data")
 
 
 

@@ -266,7 +266,7 @@ def test_every_route_needs_the_api_key(method, path, body):
 
 
 def test_the_openai_client_and_the_judge_backend_use_the_key(monkeypatch):
-    from alignkit.evaluation.backends import BackendOptions, build_backend
+    from alignkit.generation.specs import BackendOptions, build_backend
 
     with start_in_background(create_app(ParrotBackend(), "parrot", api_key=KEY)) as server:
         url = server.base_url + "/v1"
@@ -355,7 +355,7 @@ def test_exposure_rules():
 
 
 def test_serve_command_checks_the_key_before_loading_the_model(monkeypatch, capsys):
-    import alignkit.evaluation.backends as backends
+    import alignkit.generation.specs as specs
     import alignkit.serving.app as app_module
     from alignkit.cli import main
 
@@ -363,7 +363,7 @@ def test_serve_command_checks_the_key_before_loading_the_model(monkeypatch, caps
         raise AssertionError("the model must not be loaded when the server cannot start")
 
     served = {}
-    monkeypatch.setattr(backends, "build_backend", no_model)
+    monkeypatch.setattr(specs, "build_backend", no_model)
     monkeypatch.setattr(app_module.uvicorn, "run", lambda app, **where: served.update(app=app, **where))
     monkeypatch.delenv("ALIGNKIT_API_KEY", raising=False)
     for argv, env, message in [(["--host", "0.0.0.0"], None, "without an API key"),
@@ -376,7 +376,7 @@ def test_serve_command_checks_the_key_before_loading_the_model(monkeypatch, caps
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
-    monkeypatch.setattr(backends, "build_backend", lambda *args, **kwargs: ParrotBackend())
+    monkeypatch.setattr(specs, "build_backend", lambda *args, **kwargs: ParrotBackend())
     monkeypatch.setenv("MY_SERVE_KEY", KEY)
     assert main(["serve", "--host", "0.0.0.0", "--api-key-env", "MY_SERVE_KEY", "--max-tokens-cap", "600"]) == 0
     assert served["host"] == "0.0.0.0"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 IGNORE = -100
 TRAIN_ON = ("all_assistant", "last_assistant")  # which assistant turns tokenize_conversation trains on
+TokenSeq = tuple[list[int], list[int]]  # (input_ids, labels), labels unshifted with IGNORE outside completions
 
 
 class TemplateError(ValueError):

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
 from alignkit.data.errors import DataError
 from alignkit.data.readers import read_text
 from alignkit.evaluation import grading, leaderboard as bt, meta_eval, winrate
-from alignkit.evaluation.backends import BackendOptions, backend_stats, describe_stats, open_backend
-from alignkit.evaluation.judges import JudgeConfig, OrderVerdict, PairItem, PairJudgment, Strategy, judge_pairs
-from alignkit.evaluation.run_files import (load_outputs, match_by_key, merge_sections, model_name,
-                                           results_document, write_json_atomic, write_report_atomic)
+from alignkit.evaluation.report import write_report
+from alignkit.evaluation.run_files import load_outputs, match_by_key, merge_sections, model_name, results_document
 from alignkit.generation.backend import SamplingParams
-from alignkit.generation.files import write_jsonl_atomic
+from alignkit.generation.specs import BackendOptions, backend_stats, describe_stats, open_backend
+from alignkit.judges import RUBRIC_SCALE, JudgeConfig, OrderVerdict, PairItem, PairJudgment, Strategy, judge_pairs
 
 CACHE_NAME = "judge_cache.sqlite"
 _TO_MODEL_TERMS = {"a": "model", "b": "reference", "tie": "tie", None: None}
@@ -122,7 +122,7 @@ def _finish(command: str, out_dir: Path, backend, meta: dict, sections: dict, de
     document = results_document(command, meta, sections, details)
     write_json_atomic(out_dir / "results.json", document)
     if report:
-        html_path, _ = write_report_atomic({"title": title, "meta": meta, **sections}, out_dir)
+        html_path, _ = write_report({"title": title, "meta": meta, **sections}, out_dir)
         print(f"report: {html_path}")
     print(f"results: {out_dir / 'results.json'}")
     if backend is not None:
@@ -265,7 +265,7 @@ def eval_grade(out_dir: str, judge: JudgeOptions = JudgeOptions(), *, questions:
     finally:
         _closing(backend)
 
-    mode = "rubric" if result.scale == grading.RUBRIC_SCALE else "single"
+    mode = "rubric" if result.scale == RUBRIC_SCALE else "single"
     write_jsonl_atomic(str(out / "grades.jsonl"),
                        [{"id": item.id, "category": item.category, "turn": item.turn, "score": item.score,
                          "failure": item.failure, "replies": item.judge.outputs if item.judge else []}
@@ -486,24 +486,7 @@ def _print_meta_eval(rows: list[dict], failures: dict[str, dict]) -> None:
 def build_report(results: Sequence[str], out_dir: str, title: str | None = None) -> tuple[Path, Path]:
     """One HTML page and one JSON file from several results files (or report / IFEval JSON files)."""
     meta, sections = merge_sections(results)
-    html_path, json_path = write_report_atomic({"title": title or "alignkit evaluation report", "meta": meta,
-                                                **sections}, out_dir)
+    html_path, json_path = write_report({"title": title or "alignkit evaluation report", "meta": meta,
+                                         **sections}, out_dir)
     print(f"report: {html_path}\ndata:   {json_path}")
     return html_path, json_path
-
-
-def serve_model(model: str = "embedded", *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-                options: BackendOptions = BackendOptions(), default_max_tokens: int = 512, **serve_options) -> None:
-    """Serve a local model as an OpenAI-compatible API until interrupted (clients use `name` as the model).
-
-    `serve_options` (api_key, insecure_no_api_key, request limits) go to `alignkit.serving.app.serve`."""
-    from alignkit.evaluation.backends import build_backend
-    from alignkit.serving.app import serve
-
-    if model.startswith(("openai:", "vllm:")):
-        raise ValueError(f"serve takes a local model (embedded, a folder, a .gguf file or a hub id), got {model!r}")
-    backend = build_backend(model, options)
-    served_name = name or model
-    print(f"serving {backend.model_id} as {served_name!r} on http://{host}:{port}/v1", flush=True)
-    serve(backend, served_name, host=host, port=port, default_max_tokens=default_max_tokens, **serve_options)
-

@@ -6,6 +6,9 @@ the failure count and rate next to the mean, so a judge that often fails is visi
 
 MT-Bench questions are graded per turn: turn 1 on the first exchange alone, turn k with the earlier
 turns shown as context. Answers come from the caller, one string per turn.
+
+Asking the judge and reading its scores is `alignkit.judges.ask_scores`; this module holds the
+question and answer files, the prompt for each graded item, and the summaries.
 """
 from __future__ import annotations
 
@@ -15,13 +18,8 @@ from typing import Mapping, Sequence
 
 from alignkit.data.errors import RecordError, describe_type
 from alignkit.data.readers import located_records
-from alignkit.evaluation import judge_prompts
-from alignkit.evaluation.judges import CallLog, ask_parsed, completion_failure
-from alignkit.evaluation.verdicts import ParsedScore, parse_score
-from alignkit.generation.backend import Backend, Completion, SamplingParams
-
-SINGLE_SCALE = (1, 10)
-RUBRIC_SCALE = (1, 5)
+from alignkit.generation.backend import Backend, SamplingParams
+from alignkit.judges import RUBRIC_SCALE, SINGLE_SCALE, CallLog, ask_scores, rubric_prompt, single_grade_prompt
 
 
 def _text_list(record: dict, name: str, at: dict, required: bool = True) -> tuple[str, ...] | None:
@@ -153,19 +151,7 @@ def _grade(backend: Backend, prompts: list, labels: list[tuple[str, str, int | N
     """`shown[i]` holds the answers prompt i shows the judge: a score line copied from them is no verdict."""
     if not prompts:
         raise ValueError("nothing to grade: no questions or items were given")
-
-    def parser(quoted: list[str]):
-        def parse(completion: Completion) -> ParsedScore:
-            failure = completion_failure(completion)
-            if failure:
-                return ParsedScore(None, failure)
-            result = parse_score(completion.text, label, *scale, quoted=quoted)
-            if result.failure and completion.finish_reason == "length":
-                return ParsedScore(None, result.failure + " (reply cut off at max_tokens)")
-            return result
-        return parse
-
-    asked = ask_parsed(backend, prompts, config.params, [parser(q) for q in shown], config.max_parse_retries,
+    asked = ask_scores(backend, prompts, shown, label, scale, config.params, config.max_parse_retries,
                        config.batch_size)
     items = [GradedItem(item_id, category, turn, result.parsed.score, result.parsed.failure is not None,
                         result.parsed.failure, result.log)
@@ -202,7 +188,7 @@ def grade_single(backend: Backend, questions: Sequence[MTBenchQuestion], answers
             reference = question.reference if config.use_reference else None
             if reference is not None and len(reference) < turn:
                 raise ValueError(f"question {question.question_id}: field 'reference' has no entry for turn {turn}")
-            prompts.append(judge_prompts.single_grade_prompt(
+            prompts.append(single_grade_prompt(
                 question.turns[:turn], answer[:turn], reference[:turn] if reference else None))
             labels.append((question.question_id, question.category, turn))
             shown.append(list(answer[:turn]))
@@ -247,7 +233,7 @@ def grade_rubric(backend: Backend, items: Sequence[RubricItem], rubric: str | No
         if not item_rubric or not item_rubric.strip():
             raise ValueError(f"rubric item {index} (id {item.id!r}): no rubric given, on the item or to grade_rubric")
         reference = item.reference if config.use_reference else None
-        prompts.append(judge_prompts.rubric_prompt(item.instruction, item.response, item_rubric, reference))
+        prompts.append(rubric_prompt(item.instruction, item.response, item_rubric, reference))
         labels.append((item.id, item.category, None))
         shown.append([item.response])
     return _grade(backend, prompts, labels, shown, "Score", RUBRIC_SCALE, config)

@@ -25,8 +25,8 @@ from typing import Mapping, Sequence
 
 from alignkit.data.errors import DataError, RecordError, describe_type
 from alignkit.data.readers import located_records, read_text
-from alignkit.evaluation.judges import ORDERS, JudgeConfig, PairItem, PairJudgment, Strategy, judge_pairs
 from alignkit.generation.backend import Backend
+from alignkit.judges import ORDERS, JudgeConfig, PairItem, PairJudgment, Strategy, judge_pairs
 
 Verdict = int | str | None  # 1 | 2 | "tie" | None (failure)
 _FROM_JUDGE = {"a": 1, "b": 2, "tie": "tie", None: None}

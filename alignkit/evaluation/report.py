@@ -38,12 +38,12 @@ Histogram bins are the integers scale_min..scale_max; a score goes to the neares
 """
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
+from alignkit.atomic_write import write_json_atomic, write_text_atomic
 from alignkit.evaluation.report_charts import (PALETTE, Mark, Row, esc, histogram, horizontal_chart, html_table,
                                                num, pct, scatter, shorten)
 
@@ -434,7 +434,8 @@ def render_html(results: dict[str, Any]) -> str:
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path, name: str = "report") -> tuple[Path, Path]:
-    """Check `results` against the schema above, then write `<name>.html` and `<name>.json` into out_dir.
+    """Check `results` against the schema above, then write `<name>.html` and `<name>.json` into out_dir
+    (each atomically).
 
     The JSON file holds {"format_version": 1, **results} with every number exactly as given.
     Raises ReportError naming the offending path before anything is written.
@@ -444,10 +445,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, name: str = "repo
     plain = _to_plain(results, "results")
     _validate(plain)
     page = render_html(plain)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    html_path, json_path = out_dir / f"{name}.html", out_dir / f"{name}.json"
-    json_path.write_text(json.dumps({"format_version": FORMAT_VERSION, **plain}, indent=2, ensure_ascii=False,
-                                    allow_nan=False) + "\n", encoding="utf-8")
-    html_path.write_text(page, encoding="utf-8")
+    html_path, json_path = Path(out_dir) / f"{name}.html", Path(out_dir) / f"{name}.json"
+    write_json_atomic(json_path, {"format_version": FORMAT_VERSION, **plain})
+    write_text_atomic(html_path, page)
     return html_path, json_path

@@ -10,11 +10,11 @@ labels themselves prefer the longer one.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
 from alignkit.data.chat import tokenize_conversation
 from alignkit.data.errors import RecordError
 from alignkit.data.formats import to_conversation
@@ -197,7 +197,6 @@ def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int
     record with `responses`; `reward` otherwise. A record with `responses` gets no `reward`, since
     one number would stand for only one of its samples. Earlier scores are replaced.
     Returns (records written, sequences cut from the left for length)."""
-    from alignkit.generation.files import write_jsonl_atomic
     from alignkit.models.reward import score_sequences
 
     records, sequences, truncated = [], [], 0
@@ -228,7 +227,37 @@ def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int
 
 
 def write_result(result: RMEvalResult, path: str) -> None:
-    from alignkit.evaluation.run_files import write_text_atomic
-
     # allow_nan: a correlation over constant scores is NaN, and the file says so rather than failing.
-    write_text_atomic(path, json.dumps(result.to_dict(), indent=2) + "\n")
+    write_json_atomic(path, result.to_dict(), allow_nan=True)
+
+
+def run_score(model: str, input_path: str, out_path: str, *, dtype: str = "fp32", batch_size: int = 8,
+              max_length: int = 2048) -> tuple[int, int]:
+    """`alignkit score`: load the reward model folder `model` and `score_file` with it.
+
+    The input is read through once first, as in training: an unreadable file fails in seconds,
+    before the model loads. Returns (records written, sequences cut from the left for length).
+    """
+    from alignkit.models.reward import load_reward_model
+
+    for _ in read_records(input_path):
+        pass
+    reward_model, tokenizer = load_reward_model(model, dtype=dtype)
+    return score_file(reward_model, tokenizer, input_path, out_path, batch_size=batch_size, max_length=max_length)
+
+
+def run_rm_eval(model: str, data: Any, out: str | None = None, *, dtype: str = "fp32", batch_size: int = 8,
+                max_length: int = 2048, skip_bad: bool = False) -> RMEvalResult:
+    """`alignkit rm-eval`: `rm_eval` of the reward model folder `model` on the pair files `data`,
+    written to `out` (JSON) when given.
+
+    The pairs are read first, as in training: a bad file or record fails in seconds, before the model loads.
+    """
+    from alignkit.models.reward import load_reward_model
+
+    load_eval_pairs(data, skip_bad=skip_bad)
+    reward_model, tokenizer = load_reward_model(model, dtype=dtype)
+    result = rm_eval(reward_model, tokenizer, data, batch_size=batch_size, max_length=max_length, skip_bad=skip_bad)
+    if out:
+        write_result(result, out)
+    return result

@@ -1,4 +1,4 @@
-"""Files of an evaluation run: model outputs in, results and reports out (written atomically).
+"""Files of an evaluation run: model outputs in, results out (written with alignkit.atomic_write).
 
 Model outputs are JSONL, one answer per line, in any of the layouts people already have:
 `alignkit generate` ({"prompt", "response", "model"}), AlpacaEval ({"instruction", "output",
@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from alignkit.data.errors import DataError, RecordError, describe_type
 from alignkit.data.readers import located_records, read_text
-from alignkit.evaluation.report import SECTIONS, write_report
+from alignkit.evaluation.report import SECTIONS
 
 RESULTS_FORMAT = "alignkit-eval-results"
 RESULTS_VERSION = 1
@@ -126,20 +124,7 @@ def model_name(records: Sequence[OutputRecord], path: str | os.PathLike, given: 
     return names.pop() if len(names) == 1 else Path(path).stem
 
 
-# ----------------------------------------------------------------------------- writing
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write beside the target and rename, so a crash never leaves a complete-looking file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-
+# ----------------------------------------------------------------------------- the results document
 
 def results_document(command: str, meta: dict, sections: dict, details: dict) -> dict:
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -147,21 +132,6 @@ def results_document(command: str, meta: dict, sections: dict, details: dict) ->
         raise ValueError(f"results sections {unknown} are not report sections {list(SECTIONS)}")
     return {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "command": command, "meta": meta,
             "sections": sections, "details": details}
-
-
-def write_report_atomic(results: dict, out_dir: str | os.PathLike, name: str = "report") -> tuple[Path, Path]:
-    """`write_report` into a scratch folder beside `out_dir`, then each file renamed into place."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix=".report-"))
-    try:
-        written = write_report(results, scratch, name)
-        targets = tuple(out_dir / path.name for path in written)
-        for source, target in zip(written, targets):
-            os.replace(source, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return targets
 
 
 # ----------------------------------------------------------------------------- reading results

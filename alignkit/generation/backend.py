@@ -21,11 +21,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # how many top log-probabilities to return for each generated token
+    return_tokens: bool = False  # fill Completion.token_ids and Completion.logprobs (rollouts need them)
 
     def key(self) -> dict:
         """Everything that changes the output; used in cache keys."""
         d = asdict(self)
         d["stop"] = list(self.stop)
+        # Left out unless set, so calls that do not ask for tokens keep the cache keys they always had.
+        if not self.return_tokens:
+            del d["return_tokens"]
         return d
 
 
@@ -38,6 +42,28 @@ class Completion:
     # One dict per generated token: token string -> log-probability (top `logprobs` entries).
     top_logprobs: list[dict[str, float]] | None = None
     error: str | None = None
+    # With `SamplingParams.return_tokens`: every token the model generated, the one that ended the
+    # answer (EOS, or the last token of a stop string) included, so a trainer sees the stop it must
+    # learn; the text leaves stop strings and special tokens out, so it can be shorter than their decoding.
+    token_ids: list[int] | None = None
+    # One per token of `token_ids`: its log-probability under the distribution it was drawn from,
+    # i.e. log_softmax(logits / temperature) after the top-k / top-p filter, renormalised over the
+    # tokens the filter kept. This is the behaviour policy's probability that importance ratios
+    # (PPO, GRPO) divide by; a trainer comparing against it must apply the same temperature and
+    # filter. Greedy decoding (temperature 0) draws from no distribution (all mass on one token), so
+    # there it is the model's own log_softmax(logits), as at temperature 1. Backends that cannot
+    # report either leave it None; see each backend for what it fills.
+    logprobs: list[float] | None = None
+
+
+def samples_from_model_distribution(params: SamplingParams) -> bool:
+    """True when the log-probs of the model's own distribution are those of the one sampled from.
+
+    Servers report the model's raw log-probs (vLLM's default since its V1 engine; earlier ones and
+    other servers may differ), so a backend that cannot compute `Completion.logprobs` itself fills
+    them from those only in these cases: greedy decoding, or temperature 1 with no top-k/top-p.
+    """
+    return params.temperature == 0 or (params.temperature == 1 and params.top_p == 1 and params.top_k == 0)
 
 
 class Backend(Protocol):

@@ -1,9 +1,9 @@
 """Prompts file in, responses file out: the body of `alignkit generate`."""
 from __future__ import annotations
 
-import json
-import os
+from typing import Callable
 
+from alignkit.atomic_write import write_jsonl_atomic
 from alignkit.data.formats import load_conversations
 from alignkit.generation.backend import Backend, SamplingParams
 from alignkit.generation.local import generate_texts
@@ -25,28 +25,32 @@ def read_prompts(path: str, *, skip_bad: bool = False):
     return prompts, report
 
 
-def write_jsonl_atomic(path: str, rows) -> None:
-    """Write to a temporary name and rename: an interrupted run never leaves a complete-looking file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.partial"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def generate_file(backend: Backend, prompts: list, out_path: str, params: SamplingParams, *,
-                  progress: bool = True) -> int:
+                  progress: bool = True, model_name: str | None = None) -> int:
     """Answer `prompts` (as `read_prompts` returns them: read before the model loads, so a bad prompts
-    file costs no model load) into a JSONL file; returns the number of records written."""
+    file costs no model load) into a JSONL file; returns the number of records written.
+
+    Each record's `model` is `model_name` (what the user called the model, e.g. its folder: tables of
+    win rates name models by it) or else the backend's cache id."""
     completions = generate_texts(backend, [m for _, m in prompts], params, progress=progress)
     rows = []
     for (conv, messages), outs in zip(prompts, completions):
         row = {"source": f"{conv.source}:{conv.line}", "messages": messages, "prompt": messages[-1]["content"],
-               "response": outs[0].text, "finish_reason": outs[0].finish_reason, "model": backend.model_id}
+               "response": outs[0].text, "finish_reason": outs[0].finish_reason,
+               "model": model_name or backend.model_id}
         if len(outs) > 1:
             # Samples in sampling order, not a ranking: preference loaders need scores for them.
             row["responses"], row["ranked"] = [c.text for c in outs], False
         rows.append(row)
     write_jsonl_atomic(out_path, rows)
     return len(rows)
+
+
+def run_generate(prompts_path: str, out_path: str, load_backend: Callable[[], Backend], params: SamplingParams, *,
+                 progress: bool = True, model_name: str | None = None) -> int:
+    """`alignkit generate`: answer a prompts file into a JSONL file; returns the number of records written.
+
+    `load_backend()` is called only once the prompts are read, so a bad prompts file costs no model load.
+    """
+    prompts, _ = read_prompts(prompts_path)
+    return generate_file(load_backend(), prompts, out_path, params, progress=progress, model_name=model_name)

@@ -8,9 +8,12 @@ Prompts are sorted by length into batches (less padding), padded on the left and
 * `_SeededSampler` draws each row with the row's own random generator, so a seeded prompt
   samples the same text whatever other prompts share its batch.
 
-Log-probabilities are those of the model's own distribution (before temperature and
-top-k/top-p), like vLLM's default. In each `top_logprobs` dict the first entry is the token
-that was generated; the others are the `params.logprobs` most likely tokens.
+`top_logprobs` are those of the model's own distribution (before temperature and top-k/top-p),
+like vLLM's default. In each `top_logprobs` dict the first entry is the token that was generated;
+the others are the `params.logprobs` most likely tokens. With `params.return_tokens`, a completion
+also carries every generated token id and, in `logprobs`, each one's log-probability under the
+distribution it was drawn from (after temperature and top-k/top-p; the raw one when greedy), as
+`Completion` defines them.
 """
 from __future__ import annotations
 
@@ -47,8 +50,9 @@ class _Row:
 class _RowOutput:
     token_ids: list[int]  # everything generated, up to and including the token that ended the row
     ended: bool  # True when a stop token or stop string ended the row before max_tokens
-    chosen_logprobs: list[float] | None = None  # one per generated token
+    chosen_logprobs: list[float] | None = None  # one per generated token, raw distribution
     top_logprobs: list[list[tuple[int, float]]] | None = None  # (token id, logprob) pairs per token
+    drawn_logprobs: list[float] | None = None  # one per generated token, distribution it was drawn from
 
 
 class _EndTracker(StoppingCriteria):
@@ -82,11 +86,12 @@ class _EndTracker(StoppingCriteria):
 
 
 class _LogprobRecorder(LogitsProcessor):
-    """Records log-probabilities of the raw next-token distribution at every step.
+    """Records log-probabilities of the next-token distribution as it stands where it is placed.
 
-    Placed first among the processors, it sees the logits before temperature and filtering.
-    Only one step's full distribution is kept: the token chosen from it is looked up on the
-    next call, when it shows up at the end of `input_ids`.
+    Placed first among the processors, it sees the logits before temperature and filtering; placed
+    just before the sampler, it sees the distribution the token is drawn from. Only one step's full
+    distribution is kept: the token chosen from it is looked up on the next call, when it shows up
+    at the end of `input_ids`.
     """
 
     def __init__(self, top_k: int):
@@ -118,6 +123,16 @@ class _LogprobRecorder(LogitsProcessor):
         top = [[list(zip(step_ids, step_values)) for step_ids, step_values in zip(row_ids, row_values)]
                for row_ids, row_values in zip(indices, values)]
         return chosen, top
+
+
+def _warpers(params: SamplingParams) -> list[LogitsProcessor]:
+    """Temperature, then top-k and top-p: what turns the model's distribution into the one sampled from."""
+    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(params.temperature)]
+    if params.top_k > 0:
+        warpers.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    return warpers
 
 
 class _SeededSampler(LogitsProcessor):
@@ -250,7 +265,8 @@ class LocalBackend:
                 batch = rows[start:start + self.batch_size]
                 for row, output in zip(batch, self._generate_batch(batch, params, stop_ids), strict=True):
                     done[(row.prompt_index, row.sample_index)] = self._to_completion(row, output, params, stop_ids)
-        return [[dataclasses.replace(done[(i, j if sampling else 0)]) for j in range(params.n)]
+        # Deep copies: greedy samples share one result, and editing one must not edit the others.
+        return [[Completion(**dataclasses.asdict(done[(i, j if sampling else 0)])) for j in range(params.n)]
                 for i in range(len(prompt_ids))]
 
     def _generate_batch(self, rows: list[_Row], params: SamplingParams, stop_ids: set[int]) -> list[_RowOutput]:
@@ -264,12 +280,18 @@ class LocalBackend:
         stop_list = sorted(stop_ids)
         tracker = _EndTracker(width, torch.tensor(stop_list, device=self.device), params.stop, self._decode)
         processors = LogitsProcessorList()
-        recorder = None
+        recorder = drawn = None
         if params.logprobs is not None:
             recorder = _LogprobRecorder(params.logprobs)
             processors.append(recorder)
         if params.temperature > 0:
-            processors.extend(self._sampling_processors(rows, params))
+            processors.extend(_warpers(params))
+        if params.return_tokens:
+            drawn = _LogprobRecorder(0)  # after the warpers: what the sampler below draws from
+            processors.append(drawn)
+        if params.temperature > 0:
+            generators = [torch.Generator(device=self.device).manual_seed(row.seed) for row in rows]
+            processors.append(_SeededSampler(generators))
 
         # Greedy decoding throughout; sampling happens inside _SeededSampler. The penalties are
         # pinned because a model's generation_config would otherwise fill them in.
@@ -282,24 +304,16 @@ class LocalBackend:
         generated = sequences[:, width:]
         ended_at = tracker.ended_at.tolist() if tracker.ended_at is not None else [-1] * len(rows)
         chosen, top = recorder.per_row(generated) if recorder is not None else (None, None)
+        drawn_logprobs = drawn.per_row(generated)[0] if drawn is not None else None
         outputs = []
         for r, tokens in enumerate(generated.tolist()):
             end = ended_at[r] if ended_at[r] >= 0 else len(tokens)
             outputs.append(_RowOutput(
                 token_ids=tokens[:end], ended=ended_at[r] >= 0,
                 chosen_logprobs=chosen[r][:end] if chosen is not None else None,
-                top_logprobs=top[r][:end] if top is not None else None))
+                top_logprobs=top[r][:end] if top is not None else None,
+                drawn_logprobs=drawn_logprobs[r][:end] if drawn_logprobs is not None else None))
         return outputs
-
-    def _sampling_processors(self, rows: list[_Row], params: SamplingParams) -> list[LogitsProcessor]:
-        processors: list[LogitsProcessor] = [TemperatureLogitsWarper(params.temperature)]
-        if params.top_k > 0:
-            processors.append(TopKLogitsWarper(params.top_k))
-        if params.top_p < 1.0:
-            processors.append(TopPLogitsWarper(params.top_p))
-        generators = [torch.Generator(device=self.device).manual_seed(row.seed) for row in rows]
-        processors.append(_SeededSampler(generators))
-        return processors
 
     # ----- outputs -----
 
@@ -322,7 +336,9 @@ class LocalBackend:
             top_logprobs = [self._logprob_entry(content_ids[t], output.chosen_logprobs[t], output.top_logprobs[t])
                             for t in range(kept_tokens)]
         return Completion(text=text, finish_reason=finish_reason, prompt_tokens=len(row.prompt_ids),
-                          completion_tokens=len(output.token_ids), top_logprobs=top_logprobs)
+                          completion_tokens=len(output.token_ids), top_logprobs=top_logprobs,
+                          token_ids=list(output.token_ids) if params.return_tokens else None,
+                          logprobs=output.drawn_logprobs)
 
     def _tokens_covering(self, ids: list[int], chars: int) -> int:
         """The fewest leading tokens of `ids` whose text reaches `chars` characters."""

@@ -5,11 +5,19 @@ max_retries is 0), so that it is visible in `usage` and testable: 429, 5xx, 408/
 connection errors and timeouts are retried with exponential backoff and jitter. A prompt
 that still fails comes back as `Completion(finish_reason="error", error=...)` rather than an
 exception, so one bad request never sinks a batch, and never as an empty "answer".
+
+With `params.return_tokens` (best effort; a server that sends less leaves the fields None):
+`token_ids` are filled when the server sends the sampled ids, as a `token_ids` list on each choice
+(vLLM with `extra_body={"return_token_ids": True}`) or as tokens spelled `token_id:<id>` (vLLM with
+`return_tokens_as_token_ids`); OpenAI itself sends neither. `logprobs` are the server's reported
+log-probs of the sampled tokens, filled only where those are what `Completion.logprobs` means
+(`samples_from_model_distribution`: greedy, or temperature 1 without top-k/top-p).
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +27,10 @@ from typing import Any, Callable, Sequence
 import openai
 
 from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
-                                         check_sampling_params)
+                                         check_sampling_params, samples_from_model_distribution)
 
 _RETRYABLE_STATUS = {408, 409, 429}
+_TOKEN_ID = re.compile(r"token_id:(\d+)")
 
 
 @dataclass
@@ -61,6 +70,22 @@ def _finish(reason: str | None) -> tuple[str, str | None]:
     if reason in ("stop", "length"):
         return reason, None
     return "error", f"the server ended the answer with finish_reason={reason!r}"
+
+
+def _wants_sampled_logprobs(params: SamplingParams) -> bool:
+    """Whether to ask the server for log-probs only to fill `Completion.logprobs`."""
+    return params.logprobs is None and params.return_tokens and samples_from_model_distribution(params)
+
+
+def _token_ids(choice: Any, tokens: list[str] | None) -> list[int] | None:
+    """The sampled ids, where the server sent them (see the module docstring), else None."""
+    ids = getattr(choice, "token_ids", None)
+    if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+        return ids
+    matches = [_TOKEN_ID.fullmatch(token) for token in tokens or []]
+    if matches and all(matches):
+        return [int(match.group(1)) for match in matches]
+    return None
 
 
 def _split(total: int, parts: int, index: int) -> int:
@@ -109,6 +134,8 @@ class OpenAIBackend:
         request = self._common_fields(params)
         if params.logprobs is not None:
             request.update(logprobs=True, top_logprobs=params.logprobs)
+        elif _wants_sampled_logprobs(params):
+            request["logprobs"] = True
         return self._run_all(
             [lambda c=c: self._request(self._client.chat.completions.create, {**request, "messages": c},
                                        params, self._parse_chat)
@@ -122,6 +149,8 @@ class OpenAIBackend:
         request = self._common_fields(params)
         if params.logprobs is not None:
             request["logprobs"] = params.logprobs
+        elif _wants_sampled_logprobs(params):
+            request["logprobs"] = 0  # the sampled tokens' log-probs, no alternatives
         return self._run_all(
             [lambda p=p: self._request(self._client.completions.create, {**request, "prompt": p},
                                        params, self._parse_completion)
@@ -190,18 +219,23 @@ class OpenAIBackend:
         completions = []
         choices = sorted(response.choices, key=lambda choice: choice.index)[:params.n]
         for index, choice in enumerate(choices):
+            entries = choice.logprobs.content if choice.logprobs is not None else None
             top = None
-            if choice.logprobs is not None and choice.logprobs.content is not None:
+            if entries is not None and params.logprobs is not None:
                 top = [{entry.token: entry.logprob, **{alt.token: alt.logprob for alt in entry.top_logprobs or []
                                                        if alt.token != entry.token}}
-                       for entry in choice.logprobs.content]
+                       for entry in entries]
             content = choice.message.content
             if content is None:
                 error = (f"the response has no text (finish_reason={choice.finish_reason!r}, "
                          f"refusal={getattr(choice.message, 'refusal', None)!r})")
                 completions.append(Completion(text="", finish_reason="error", error=error))
                 continue
-            completions.append(self._completion(response, params, index, content, choice.finish_reason, top))
+            completion = self._completion(response, params, index, content, choice.finish_reason, top)
+            tokens, sampled = ([e.token for e in entries], [e.logprob for e in entries]) if entries is not None \
+                else (None, None)
+            self._add_tokens(completion, params, choice, tokens, sampled)
+            completions.append(completion)
         return completions + self._missing(len(completions), params)
 
     def _parse_completion(self, response: Any, params: SamplingParams) -> list[Completion]:
@@ -210,11 +244,15 @@ class OpenAIBackend:
         for index, choice in enumerate(choices):
             top = None
             logprobs = choice.logprobs
-            if logprobs is not None and logprobs.tokens is not None:
-                alternatives = logprobs.top_logprobs or [{} for _ in logprobs.tokens]
+            tokens = logprobs.tokens if logprobs is not None else None
+            if tokens is not None and params.logprobs is not None:
+                alternatives = logprobs.top_logprobs or [{} for _ in tokens]
                 top = [{token: logprob, **{t: lp for t, lp in (alts or {}).items() if t != token}}
-                       for token, logprob, alts in zip(logprobs.tokens, logprobs.token_logprobs, alternatives)]
-            completions.append(self._completion(response, params, index, choice.text, choice.finish_reason, top))
+                       for token, logprob, alts in zip(tokens, logprobs.token_logprobs, alternatives)]
+            completion = self._completion(response, params, index, choice.text, choice.finish_reason, top)
+            sampled = logprobs.token_logprobs if tokens is not None else None
+            self._add_tokens(completion, params, choice, tokens, sampled)
+            completions.append(completion)
         return completions + self._missing(len(completions), params)
 
     def _completion(self, response: Any, params: SamplingParams, index: int, text: str, reason: str | None,
@@ -230,6 +268,16 @@ class OpenAIBackend:
             completion_tokens = _split(usage.completion_tokens, params.n, index) if usage is not None else 0
         return Completion(text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, top_logprobs=top, error=error)
+
+    @staticmethod
+    def _add_tokens(completion: Completion, params: SamplingParams, choice: Any, tokens: list[str] | None,
+                    sampled_logprobs: list[float] | None) -> None:
+        """Fills `token_ids` and `logprobs` as far as the server's reply allows (see the module docstring)."""
+        if not params.return_tokens or completion.finish_reason == "error":
+            return
+        completion.token_ids = _token_ids(choice, tokens)
+        if sampled_logprobs is not None and samples_from_model_distribution(params):
+            completion.logprobs = list(sampled_logprobs)
 
     @staticmethod
     def _missing(returned: int, params: SamplingParams) -> list[Completion]:

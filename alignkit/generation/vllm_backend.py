@@ -5,13 +5,19 @@ follow the same conventions as LocalBackend: per-request seeds, text cut before 
 strings, raw-model log-probabilities with the generated token first in each dict. One
 difference: vLLM reports log-probs for every generated token, including an EOS or the
 tokens of a stop string that the text leaves out.
+
+With `params.return_tokens`, `token_ids` are always vLLM's sampled ids. `logprobs` are the
+log-probs vLLM reports for them, filled only where those are what `Completion.logprobs` means
+(`samples_from_model_distribution`: greedy, or temperature 1 without top-k/top-p), since which
+distribution vLLM reports depends on its version and engine options; otherwise None, and a
+trainer recomputes them.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
-                                         check_sampling_params)
+                                         check_sampling_params, samples_from_model_distribution)
 
 
 def _import_vllm():
@@ -44,35 +50,43 @@ class VLLMBackend:
         # vLLM renders the template and tokenizes it without adding a second BOS.
         outputs = self.llm.chat(list(conversations), self._vllm_params(params), use_tqdm=self.use_tqdm,
                                 add_generation_prompt=True)
-        return [self._completions(output) for output in outputs]
+        return [self._completions(output, params) for output in outputs]
 
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 raise ValueError(f"prompt {index}: expected a string, got {type(prompt).__name__}")
         outputs = self.llm.generate(list(prompts), self._vllm_params(params), use_tqdm=self.use_tqdm)
-        return [self._completions(output) for output in outputs]
+        return [self._completions(output, params) for output in outputs]
 
     def _vllm_params(self, params: SamplingParams):
         check_sampling_params(params)
+        logprobs = params.logprobs
+        if logprobs is None and params.return_tokens and samples_from_model_distribution(params):
+            logprobs = 0  # the sampled token's log-prob alone: all that Completion.logprobs needs
         return self._sampling_params_class(
             n=params.n, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1,  # -1 disables top-k in every vLLM version
-            seed=params.seed, stop=list(params.stop), max_tokens=params.max_tokens, logprobs=params.logprobs)
+            seed=params.seed, stop=list(params.stop), max_tokens=params.max_tokens, logprobs=logprobs)
 
     @staticmethod
-    def _completions(output) -> list[Completion]:
+    def _completions(output, params: SamplingParams) -> list[Completion]:
         completions = []
         for sample in output.outputs:
             finish_reason, error = sample.finish_reason, None
             if finish_reason not in ("stop", "length"):  # "abort" or unfinished
                 finish_reason, error = "error", f"vLLM ended the sample with finish_reason={sample.finish_reason!r}"
-            top = None
-            if sample.logprobs is not None:
+            top = token_ids = chosen = None
+            if sample.logprobs is not None and params.logprobs is not None:
                 top = [_logprob_entry(token_id, step) for token_id, step in zip(sample.token_ids, sample.logprobs)]
+            if params.return_tokens:
+                token_ids = list(sample.token_ids)
+                if sample.logprobs is not None and samples_from_model_distribution(params):
+                    chosen = [step[token_id].logprob for token_id, step in zip(sample.token_ids, sample.logprobs)]
             completions.append(Completion(text=sample.text, finish_reason=finish_reason,
                                           prompt_tokens=len(output.prompt_token_ids or []),
-                                          completion_tokens=len(sample.token_ids), top_logprobs=top, error=error))
+                                          completion_tokens=len(sample.token_ids), top_logprobs=top, error=error,
+                                          token_ids=token_ids, logprobs=chosen))
         return completions
 
 

@@ -7,9 +7,9 @@ folder (a full model or a peft adapter), a `.gguf` file, or a hub id.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from alignkit.atomic_write import atomic_dir
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = {"embedded", "smollm2", "smollm2-135m-instruct", EMBEDDED_NAME.lower()}
@@ -69,17 +69,9 @@ def embedded_model_dir() -> Path:
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     model, tokenizer = _load_gguf(embedded_gguf_path())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a crash never leaves a half-written model that looks complete.
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
+    with atomic_dir(target) as tmp:  # a crash never leaves a half-written model that looks complete
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

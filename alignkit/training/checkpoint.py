@@ -1,5 +1,5 @@
 """Checkpoints that let a run continue exactly: weights (or adapter), optimizer, scheduler,
-RNG states and the position in the data stream.
+RNG states, and the state of the batch source (the position in the data stream) and of the objective.
 
 A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so a crash
 while saving never leaves a folder that looks complete. Reading one checks every file before any is
@@ -8,14 +8,12 @@ applied, so a damaged checkpoint is skipped (or reported) without touching the m
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
 import shutil
 import sys
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +21,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from alignkit.atomic_write import atomic_dir, remove_leftovers
 from alignkit.config import ConfigError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_TMP_PREFIX = ".tmp-"
 # What reading a cut-short, garbled or missing file raises (torch reports a broken archive as RuntimeError).
 _UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
+# The batch source's and objective's states: torch.save, since a source may keep tensors or generator states.
+LOOP_STATE = "loop_state.pt"
 
 
 class DamagedCheckpoint(ValueError):
@@ -44,6 +44,8 @@ class SavedCheckpoint:
     scheduler: dict
     rng: dict
     state: dict
+    # {"source": the batch source's state_dict, "objective": the objective's, or None}
+    loop_state: dict = field(default_factory=dict)
 
 
 def rng_state() -> dict:
@@ -62,28 +64,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(root: str, step: int, *, weights: dict[str, torch.Tensor], optimizer, scheduler, state: dict,
-                    keep: int) -> Path:
-    """`weights` are the trained tensors by parameter name (fp32 masters under bf16 training)."""
-    root_path = Path(root) / "checkpoints"
-    root_path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root_path, prefix=_TMP_PREFIX))
-    try:
+                    loop_state: dict, keep: int) -> Path:
+    """`weights` are the trained tensors by parameter name (fp32 masters under bf16 training); `state` goes
+    to state.json, `loop_state` (the source's and objective's states) to loop_state.pt."""
+    final = Path(root) / "checkpoints" / f"step-{step:07d}"
+    with atomic_dir(final) as tmp:
         save_file({n: t.detach().contiguous().clone() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        torch.save(loop_state, tmp / LOOP_STATE)
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-        # Data first, then the name: otherwise a power cut can leave a complete-looking folder of empty files.
-        for file in tmp.iterdir():
-            _fsync(file)
-        _fsync(tmp)
-        final = root_path / f"step-{step:07d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -99,10 +90,7 @@ def list_checkpoints(root: str) -> list[Path]:
 
 def remove_partial_checkpoints(root: str) -> None:
     """Delete the temporary folders of saves that a kill interrupted (each as large as a checkpoint)."""
-    folder = Path(root) / "checkpoints"
-    if folder.is_dir():
-        for tmp in folder.glob(_TMP_PREFIX + "*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+    remove_leftovers(Path(root) / "checkpoints")
 
 
 def read_latest_checkpoint(root: str) -> SavedCheckpoint | None:
@@ -131,13 +119,20 @@ def read_checkpoint(path: str | Path) -> SavedCheckpoint:
     _expect(path, "scheduler.pt", isinstance(saved.scheduler, dict))
     _expect(path, "rng.pt", isinstance(saved.rng, dict) and {"python", "numpy", "torch"} <= set(saved.rng))
     _expect(path, "state.json", isinstance(saved.state, dict)
-            and all(isinstance(saved.state.get(k), int) for k in ("step", "micro_index", "tokens")))
+            and all(isinstance(saved.state.get(k), int) for k in ("step", "tokens")))
+    if isinstance(saved.state.get("micro_index"), int) and not (path / LOOP_STATE).exists():
+        # Written before sources kept their own state: state.json held the example stream's position.
+        saved.loop_state = {"source": {"micro_index": saved.state["micro_index"]}, "objective": None}
+    else:
+        saved.loop_state = _read(path, LOOP_STATE, _torch_load)
+    _expect(path, LOOP_STATE, isinstance(saved.loop_state, dict) and {"source", "objective"} <= set(saved.loop_state))
     return saved
 
 
 def load_checkpoint(saved: SavedCheckpoint, *, weights: dict[str, torch.Tensor], optimizer, scheduler) -> dict:
     """Apply a checkpoint from read_checkpoint: its tensors into `weights` (same names as at save time), then
-    optimizer, scheduler and RNG states. Returns the saved state (step, micro_index, tokens)."""
+    optimizer, scheduler and RNG states. Returns the saved state (step, tokens); the source's and objective's
+    states, in `saved.loop_state`, are the caller's to apply."""
     missing = [n for n in weights if n not in saved.weights]
     unknown = [n for n in saved.weights if n not in weights]
     reshaped = [n for n in weights if n in saved.weights and saved.weights[n].shape != weights[n].shape]
@@ -170,11 +165,3 @@ def _read(folder: Path, name: str, reader):
 def _expect(folder: Path, name: str, ok: bool) -> None:
     if not ok:
         raise DamagedCheckpoint(f"checkpoint {folder}: {name} does not hold what a checkpoint saves")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

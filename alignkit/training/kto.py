@@ -2,33 +2,18 @@
 
 KTO's baseline z0 estimates KL(policy || reference) from completions paired with the *wrong*
 prompt. Each example carries such a mismatched sequence, fixed when the data is built (the
-next example, cyclically, whose prompt differs), so its reference log-prob can be precomputed
-and cached like any other. Its policy log-prob needs no gradient (z0 is detached), so it runs in
-a separate no-grad forward and costs no backward pass.
+next example, cyclically, whose prompt differs: `data.pref_examples.feedback_items`), so its
+reference log-prob can be precomputed and cached like any other. Its policy log-prob needs no
+gradient (z0 is detached), so it runs in a separate no-grad forward and costs no backward pass.
 """
 from __future__ import annotations
 
 import torch
 
-from alignkit.data.preference import Feedback
+from alignkit.data.pref_examples import PrefExample
 from alignkit.training import preference_losses as pl
-from alignkit.training.preference import PrefExample, PrefLossConfig, batch_reference, collate_examples
+from alignkit.training.preference import PrefLossConfig, batch_reference, collate_examples
 from alignkit.training.reference import LiveReference, sequence_logps
-
-
-def feedback_items(feedback: list[Feedback]) -> list[tuple]:
-    """build_examples items: [completion, completion of the next example with another prompt]."""
-    count = len(feedback)
-    items = []
-    for index, item in enumerate(feedback):
-        partner = next((feedback[(index + step) % count] for step in range(1, count)
-                        if feedback[(index + step) % count].prompt != item.prompt), None)
-        if partner is None:
-            raise ValueError("KTO needs feedback on at least two different prompts (its KL baseline pairs each "
-                             f"completion with another prompt); {item.source} has only one")
-        items.append((item.prompt, [item.completion, partner.completion], None, item.desirable,
-                      item.source, item.line, item.unit))
-    return items
 
 
 class KTOObjective:

@@ -1,10 +1,12 @@
-"""The one training loop. Every objective (SFT, DPO, reward models, RL) plugs in as an `Objective`.
+"""The one training loop. Every objective (SFT, DPO, reward models, RL) plugs in as an `Objective`,
+and what it trains on comes from a `BatchSource` (batch_source.py): a fixed set of examples, or
+rollouts generated with the current policy.
 
 An objective turns a list of examples into a batch (`collate`) and a batch into a *summed* loss
-over its units (target tokens for SFT, pairs for DPO) plus summed metrics. The loop gathers the
-micro-batches of one optimizer step first, counts their units (across processes too), and divides
-every micro-batch loss by that total, so gradient accumulation and data parallelism equal one big
-batch exactly.
+over its units (target tokens for SFT, pairs for DPO) plus summed metrics. The loop takes the
+micro-batches of one optimizer step from the source, counts their units (across processes too), and
+divides every micro-batch loss by that total, so gradient accumulation and data parallelism equal one
+big batch exactly.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from alignkit.training.batch_source import BatchSource, ExampleSource
 from alignkit.training.checkpoint import (SavedCheckpoint, load_checkpoint, read_checkpoint, read_latest_checkpoint,
                                           remove_partial_checkpoints, save_checkpoint)
 from alignkit.training.config import TrainConfig
@@ -31,6 +34,14 @@ from alignkit.training.tracking import MetricsLogger
 
 
 class Objective(Protocol):
+    """What a training method supplies: `collate` and `loss`.
+
+    Optional, for an objective with state of its own (an adaptive KL coefficient, running reward
+    statistics): `after_step(record)` is called after every optimizer step with the step's logged record
+    (all-reduced, so the same on every process), and `state_dict()` / `load_state_dict(state)` keep that
+    state in checkpoints (saved from rank 0 with torch.save, loaded on every process), so a resumed run
+    continues exactly."""
+
     def collate(self, examples: Sequence) -> dict:
         """A batch dict holding at least `num_units` and `num_tokens` (non-pad tokens)."""
         ...
@@ -55,48 +66,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class MicroBatches:
-    """A deterministic, resumable stream of micro-batches: epoch e visits examples in the order of a
-    permutation seeded by (seed, e); each process takes every world-th micro-batch."""
-
-    def __init__(self, examples: Sequence, batch_size: int, seed: int, *, shuffle: bool = True):
-        if not examples:
-            raise ValueError("no training examples")
-        self.examples, self.batch_size, self.seed, self.shuffle = examples, batch_size, seed, shuffle
-        rank, world = rank_world()
-        self.rank, self.world = rank, world
-        per_epoch = math.ceil(len(examples) / batch_size)
-        self.per_epoch = max(1, per_epoch // world)  # micro-batches each process sees per epoch
-
-    def get(self, index: int) -> list:
-        epoch, i = divmod(index, self.per_epoch)
-        n = len(self.examples)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        start = (i * self.world + self.rank) * self.batch_size
-        return [self.examples[j] for j in order[start:start + self.batch_size]]
-
-
 def _fused_ok(params) -> bool:
     return all(p.dtype in (torch.float32, torch.bfloat16, torch.float16) and p.device.type in ("cpu", "cuda")
                for p in params)
 
 
-def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfig, *,
-          eval_examples: Sequence = (), config_dict: dict | None = None,
+def train(model, objective: Objective, train_examples: Sequence | None = None, cfg: TrainConfig | None = None, *,
+          source: BatchSource | None = None, eval_examples: Sequence = (), config_dict: dict | None = None,
           on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train `model` in place; returns the logged history."""
+    """Train `model` in place; returns the logged history.
+
+    The data is either `train_examples`, visited in seeded epochs of cfg.batch_size x cfg.grad_accum per
+    step (an ExampleSource), or any `source`; a source makes its own micro-batches, so cfg.batch_size,
+    grad_accum and shuffle do not apply to it."""
+    if cfg is None:
+        raise TypeError("train() needs cfg, the TrainConfig")
+    if (train_examples is None) == (source is None):
+        raise TypeError("train() takes either train_examples or source, not both or neither")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     release_freed_tensors()
     rank, world = rank_world()
     seed_everything(cfg.seed)
-    stream = MicroBatches(train_examples, cfg.batch_size, cfg.seed, shuffle=cfg.shuffle)
-    steps_per_epoch = math.ceil(stream.per_epoch / cfg.grad_accum)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if source is None:
+        source = ExampleSource(train_examples, objective.collate, batch_size=cfg.batch_size,
+                               grad_accum=cfg.grad_accum, seed=cfg.seed, shuffle=cfg.shuffle)
+    total_steps = cfg.max_steps or _steps_for_epochs(source, cfg.epochs)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
 
     if cfg.precision not in ("bf16", "fp32"):
@@ -118,16 +113,19 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     scheduler = make_scheduler(optimizer, total=total_steps, warmup=warmup, kind=cfg.schedule,
                                min_ratio=cfg.min_lr_ratio)
 
-    step, micro_index, tokens_done = 0, 0, 0
+    step, tokens_done = 0, 0
     # Rank 0 tidies the checkpoints; the others wait, so none reads one that is being removed.
     on_main(lambda: remove_partial_checkpoints(cfg.output_dir))
     checkpoint = _resume_point(cfg)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, weights=weights, optimizer=optimizer, scheduler=scheduler)
+        source.load_state_dict(checkpoint.loop_state["source"])
+        if checkpoint.loop_state["objective"] is not None and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(checkpoint.loop_state["objective"])
         checkpoint = None  # its tensors, held for the whole run, would double the weights' and optimizer's memory
         if masters is not None:
             masters.push()
-        step, micro_index, tokens_done = state["step"], state["micro_index"], state["tokens"]
+        step, tokens_done = state["step"], state["tokens"]
 
     train_model = wrap(model)
 
@@ -140,7 +138,10 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
     model.train()
     try:
         while step < total_steps:
-            micro = [objective.collate(stream.get(micro_index + k)) for k in range(cfg.grad_accum)]
+            micro = source.next_step(step, model)
+            if not micro:
+                raise ValueError(f"the batch source gave no micro-batches for step {step + 1}")
+            model.train()  # a source that generates may have switched it to eval mode
             units = all_sum(sum(b["num_units"] for b in micro))
             sums: dict[str, float] = {}
             step_tokens = 0
@@ -167,7 +168,6 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
             else:
                 optimizer.zero_grad(set_to_none=True)
             step += 1
-            micro_index += cfg.grad_accum
             step_tokens = int(all_sum(step_tokens))
             tokens_done += step_tokens
             window_tokens += step_tokens
@@ -175,9 +175,11 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
             record = {k: all_sum(v) / max(units, 1) for k, v in sums.items()}
             now = time.perf_counter()
             record.update(step=step, lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                          units=units, tokens=tokens_done, epoch=micro_index / stream.per_epoch,
+                          units=units, tokens=tokens_done, epoch=source.epoch(),
                           tokens_per_s=window_tokens / max(now - window_start, 1e-9))
             result.history.append(record)
+            if hasattr(objective, "after_step"):
+                objective.after_step(record)
             if step % cfg.log_every == 0 or step == total_steps:
                 logger.log(record)
                 window_tokens, window_start = 0, now
@@ -192,7 +194,7 @@ def train(model, objective: Objective, train_examples: Sequence, cfg: TrainConfi
                 model.train()
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and rank == 0:
                 save_checkpoint(cfg.output_dir, step, weights=weights, optimizer=optimizer, scheduler=scheduler,
-                                state={"micro_index": micro_index, "tokens": tokens_done},
+                                state={"tokens": tokens_done}, loop_state=_loop_state(source, objective),
                                 keep=cfg.save_total_limit)
             if on_step:
                 on_step(step, record)
@@ -222,6 +224,19 @@ def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig) 
             sums[key] = sums.get(key, 0.0) + float(value)
     units = all_sum(units)
     return {f"eval_{k}": all_sum(v) / max(units, 1) for k, v in sums.items()}
+
+
+def _steps_for_epochs(source: BatchSource, epochs: float) -> int:
+    per_epoch = source.steps_per_epoch()
+    if per_epoch is None:
+        raise ValueError("this batch source has no epochs: set train.max_steps")
+    return max(1, math.ceil(epochs * per_epoch))
+
+
+def _loop_state(source: BatchSource, objective: Objective) -> dict:
+    """What a checkpoint keeps of the source and objective, for an exact resume."""
+    return {"source": source.state_dict(),
+            "objective": objective.state_dict() if hasattr(objective, "state_dict") else None}
 
 
 def _resume_point(cfg: TrainConfig) -> SavedCheckpoint | None:

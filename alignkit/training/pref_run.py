@@ -6,9 +6,6 @@ control-token SFT), the other top-level keys are that loss's hyperparameters (se
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -16,16 +13,17 @@ from alignkit.config import ConfigError, require, require_choice, require_number
 from alignkit.data.control import ControlConfig, load_control
 from alignkit.data.holdout import data_report, split_eval
 from alignkit.data.mixing import load_mix
+from alignkit.data.pref_examples import PrefExample, build_examples, feedback_items, pair_items, ranking_items
 from alignkit.data.preference import PAIR_RULES, load_feedback, load_pairs, load_rankings
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
 from alignkit.training.config import TrainConfig
-from alignkit.training.distributed import is_main, main_first, on_main
+from alignkit.training.distributed import main_first
 from alignkit.training.loop import TrainResult, train
-from alignkit.training.preference import (PAIR_LOSSES, RANKING_LOSSES, PairwiseObjective, PrefExample,
-                                          PrefLossConfig, RankingObjective, build_examples, pair_items, ranking_items)
+from alignkit.training.preference import (PAIR_LOSSES, RANKING_LOSSES, PairwiseObjective, PrefLossConfig,
+                                          RankingObjective)
 from alignkit.training.reference import LiveReference, attach_reference
-from alignkit.training.run_dir import start_run
+from alignkit.training.run import finish_run, prepare_run, save_lm
 from alignkit.training.sft import validate_data_values
 
 
@@ -83,8 +81,6 @@ def _load_items(data: PrefDataConfig, kind: str, specs, seed: int, *, mixed: boo
     if kind == "rankings":
         load, to_items = partial(load_rankings, skip_bad=data.skip_bad), ranking_items
     elif kind == "feedback":
-        from alignkit.training.kto import feedback_items
-
         load, to_items = partial(load_feedback, skip_bad=data.skip_bad), feedback_items
     else:
         load = partial(load_pairs, rule=data.pair_rule, threshold=data.pair_threshold, skip_bad=data.skip_bad)
@@ -167,57 +163,28 @@ def prepare_reference(cfg: PrefConfig, model, tokenizer, examples: list[PrefExam
     return None
 
 
+def load_run_data(cfg: PrefConfig, tokenizer) -> tuple[list, list, dict]:
+    """(train examples, eval examples, report dict) of the data the configured loss trains on."""
+    if cfg.loss == "control":
+        return load_control_data(cfg, tokenizer, seed=cfg.train.seed)
+    return load_pref_data(cfg.data, tokenizer, kind=data_kind(cfg.loss), seed=cfg.train.seed)
+
+
 def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
     """Train with the configured preference loss; the final model goes to output_dir/final (HF layout)."""
-    from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
+    from alignkit.models.loading import load_model
     from alignkit.models.lora import apply_lora, merge_lora
 
-    validate_config(cfg)  # configs built in Python never went through load_config
-    out = cfg.train.output_dir
-    on_main(lambda: start_run(cfg))  # with several processes, rank 0 alone writes the run's files
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model.name)
-    tokenizer = use_chat_template(tokenizer, cfg.model.chat_template, cfg.model.name)
-    # Data first: a bad record fails in seconds, before the model is loaded.
-    if cfg.loss == "control":
-        train_examples, eval_examples, report = load_control_data(cfg, tokenizer, seed=cfg.train.seed)
-    else:
-        train_examples, eval_examples, report = load_pref_data(cfg.data, tokenizer, kind=data_kind(cfg.loss),
-                                                               seed=cfg.train.seed)
-    if is_main():
-        with open(os.path.join(out, "data_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+    ctx = prepare_run(cfg, partial(load_run_data, cfg), tokenizer=tokenizer)
     if model is None:
         model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
     # An adapter from an earlier stage is folded in: it is part of the starting (and reference) model.
     model = merge_lora(model)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
-    live = None if cfg.loss == "control" else prepare_reference(cfg, model, tokenizer, train_examples + eval_examples)
-    result = train(model, make_objective(cfg, live), train_examples, cfg.train, eval_examples=eval_examples,
+    examples = ctx.train_examples + ctx.eval_examples
+    live = None if cfg.loss == "control" else prepare_reference(cfg, model, ctx.tokenizer, examples)
+    result = train(model, make_objective(cfg, live), ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
-    # Every rank returns only once final/ and summary.json are complete.
-    on_main(lambda: save_final(model, tokenizer, out, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
-    on_main(lambda: write_summary(result, out))
+    finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
     return result
-
-
-def save_final(model, tokenizer, out: str, *, lora: bool, merge: bool) -> None:
-    from alignkit.models.lora import save_model
-
-    final = os.path.join(out, "final")
-    tmp = final + ".tmp"
-    if lora:
-        model.save_pretrained(os.path.join(tmp, "adapter"))
-    save_model(model, tokenizer, tmp, merge=merge or not lora)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
-def write_summary(result: TrainResult, out: str) -> None:
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
-                   "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
-                   "final": result.history[-1] if result.history else None,
-                   "eval": result.eval_history[-1] if result.eval_history else None}, f, indent=2)

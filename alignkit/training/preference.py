@@ -1,9 +1,10 @@
 """Pairwise (DPO family, SLiC-HF, SimPO, ORPO) and ranking (RRHF, PRO) objectives for the one loop.
 
-An example holds its responses as token sequences (prompt + response, labels on the response
-only). A batch packs every response of every example into one padding-free row, so chosen and
-rejected (or all N ranked responses) go through the model in a single forward; summed
-log-probs per response come from a segment sum over that row (see `reference.sequence_logps`).
+Examples come from the data layer (`data.pref_examples`: each response as a prompt + response
+token sequence, labels on the response only). A batch packs every response of every example
+into one padding-free row, so chosen and rejected (or all N ranked responses) go through the
+model in a single forward; summed log-probs per response come from a segment sum over that row
+(see `reference.sequence_logps`).
 Units are examples (pairs or rankings): the loop divides the summed loss by their count.
 """
 from __future__ import annotations
@@ -12,11 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.data.chat import IGNORE, TemplateError, tokenize_conversation, tokenize_prompt
-from alignkit.data.errors import RecordError, SkipReport
-from alignkit.data.sft import OVERLONG_POLICIES, LengthReport
+from alignkit.data.pref_examples import PrefExample
 from alignkit.training import preference_losses as pl
-from alignkit.training.reference import REFERENCE_MODES, LiveReference, TokenSeq, pack_sequences, sequence_logps
+from alignkit.training.reference import REFERENCE_MODES, LiveReference, pack_sequences, sequence_logps
 
 PAIR_LOSSES = ("dpo", "cdpo", "ipo", "robust", "slic", "simpo", "orpo")
 RANKING_LOSSES = ("rrhf", "pro")
@@ -65,92 +64,6 @@ class PrefLossConfig:
     @property
     def needs_reference(self) -> bool:
         return self.loss in REFERENCE_LOSSES
-
-
-@dataclass
-class PrefExample:
-    """Responses of one prompt as token sequences; what every preference objective trains on.
-
-    pairs: [chosen, rejected]; rankings: best first; KTO: [completion, a completion of another
-    prompt] (the second only feeds KTO's KL baseline).
-    """
-
-    sequences: list[TokenSeq]
-    reference: list[float] | None = None  # summed reference log-prob per sequence, once attached
-    margin: float | None = None  # how much better chosen is, when the data says (reward models)
-    desirable: bool | None = None  # KTO label
-    source: str = ""
-    line: int = 0
-
-
-def tokenize_response(tokenizer, prompt: list[dict], response: list[dict]) -> TokenSeq:
-    """Token ids of prompt + response with labels on the response's assistant turns only."""
-    tok = tokenize_conversation(tokenizer, prompt + response, train_on="all_assistant")
-    ids, labels = tok.input_ids, tok.labels
-    if any(message["role"] == "assistant" for message in prompt):
-        # Earlier assistant turns belong to the prompt: they are context, not what is compared.
-        prompt_ids = tokenize_prompt(tokenizer, prompt)
-        if ids[:len(prompt_ids)] != prompt_ids:
-            raise TemplateError("the prompt tokenizes differently alone than followed by the response, so "
-                                "its assistant turns cannot be told apart from the response's")
-        labels = [IGNORE] * len(prompt_ids) + labels[len(prompt_ids):]
-    return ids, labels
-
-
-def _fit(seq: TokenSeq, max_length: int, overlong: str) -> tuple[TokenSeq | None, str]:
-    """(sequence, what happened): 'ok', 'truncated', or None with the reason it was dropped."""
-    ids, labels = seq
-    if len(ids) <= max_length:
-        return seq, "ok"
-    if overlong == "drop":
-        return None, "over max_length"
-    ids, labels = ids[:max_length], labels[:max_length]
-    # The first label is never predicted; a cut that leaves no other target leaves nothing to score.
-    if not any(x != IGNORE for x in labels[1:]):
-        return None, "no response token left after truncation"
-    return (ids, labels), "truncated"
-
-
-def build_examples(items, tokenizer, *, max_length: int, overlong: str = "truncate", skip_bad: bool = False,
-                   report: SkipReport | None = None) -> tuple[list[PrefExample], LengthReport]:
-    """Tokenize (prompt, responses, margin, desirable, source, line, unit) tuples into examples.
-
-    An example any of whose responses is dropped for length is dropped whole (and counted in the
-    returned LengthReport); a template failure is a RecordError at the record's file and line.
-    """
-    if overlong not in OVERLONG_POLICIES:
-        raise ValueError(f"overlong must be one of {OVERLONG_POLICIES}, not {overlong!r}")
-    lengths = LengthReport(max_length, overlong)
-    examples = []
-    for prompt, responses, margin, desirable, source, line, unit in items:
-        try:
-            sequences = [tokenize_response(tokenizer, prompt, response) for response in responses]
-        except TemplateError as e:
-            error = RecordError("prompt", str(e), path=source, line=line, unit=unit)
-            if not skip_bad:
-                raise error from None
-            if report is not None:
-                report.add(error)
-            continue
-        fitted = [_fit(seq, max_length, overlong) for seq in sequences]
-        dropped = [reason for seq, reason in fitted if seq is None]
-        if dropped:
-            lengths.dropped += 1
-            lengths.dropped_where.append(f"{source}:{line} ({dropped[0]})")
-            continue
-        lengths.truncated += sum(reason == "truncated" for _, reason in fitted)
-        examples.append(PrefExample([seq for seq, _ in fitted], margin=margin, desirable=desirable,
-                                    source=source, line=line))
-    return examples, lengths
-
-
-def pair_items(pairs):
-    return [(p.prompt, [p.chosen, p.rejected], p.margin, None, p.source, p.line, p.unit) for p in pairs]
-
-
-def ranking_items(rankings):
-    return [(r.prompt, [r.responses[i] for i in r.best_first()], None, None, r.source, r.line, r.unit)
-            for r in rankings]
 
 
 def collate_examples(examples: list[PrefExample]) -> dict:

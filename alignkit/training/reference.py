@@ -26,12 +26,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from alignkit.atomic_write import atomic_file
+from alignkit.data.chat import TokenSeq
 from alignkit.data.packing import pack, target_positions
 from alignkit.models.lora import is_peft
 from alignkit.training.forward import packed_logits
 from alignkit.training.losses import token_logprobs
 
-TokenSeq = tuple[list[int], list[int]]  # (input_ids, labels), labels unshifted with IGNORE outside completions
 REFERENCE_MODES = ("precomputed", "live")
 
 
@@ -144,11 +145,9 @@ class ReferenceCache:
         return logps
 
     def save(self, key: str, logps: torch.Tensor, counts: list[int], metadata: dict[str, str]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.path(key).with_suffix(f".tmp{os.getpid()}")
-        save_file({"logps": logps.detach().float().cpu().contiguous(), "counts": torch.tensor(counts)},
-                  str(tmp), metadata=metadata)
-        os.replace(tmp, self.path(key))  # readers never see a half-written file
+        with atomic_file(self.path(key)) as tmp:  # readers never see a half-written file
+            save_file({"logps": logps.detach().float().cpu().contiguous(), "counts": torch.tensor(counts)},
+                      str(tmp), metadata=metadata)
 
 
 def default_cache_dir() -> str:

@@ -5,23 +5,21 @@ each reward is read at its sequence's last token. Units are pairs.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
-from alignkit.config import ConfigError, require_number, to_dict, validate_config
+from alignkit.config import ConfigError, require_number, to_dict
 from alignkit.data.errors import RecordError
+from alignkit.data.pref_examples import PrefExample
 from alignkit.models.config import ModelConfig
 from alignkit.training import preference_losses as pl
 from alignkit.training.config import TrainConfig
-from alignkit.training.distributed import is_main, on_main
 from alignkit.training.loop import TrainResult, train
-from alignkit.training.pref_run import PrefDataConfig, load_pref_data, write_summary
-from alignkit.training.preference import PrefExample, collate_examples
-from alignkit.training.run_dir import start_run
+from alignkit.training.pref_run import PrefDataConfig, load_pref_data
+from alignkit.training.preference import collate_examples
+from alignkit.training.run import finish_run, prepare_run
 
 
 @dataclass
@@ -68,35 +66,15 @@ class RewardObjective:
 
 def run_rm(cfg: RMConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
     """Train a reward model; it is saved to output_dir/final as a *ForSequenceClassification folder."""
-    from alignkit.models.loading import load_tokenizer, use_chat_template
     from alignkit.models.reward import load_reward_model
 
-    validate_config(cfg)  # configs built in Python never went through load_config
-    out = cfg.train.output_dir
-    on_main(lambda: start_run(cfg))  # with several processes, rank 0 alone writes the run's files
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model.name)
-    tokenizer = use_chat_template(tokenizer, cfg.model.chat_template, cfg.model.name)
-    # Data first (read exactly like DPO data: pairs, or rankings turned into pairs), then the model.
-    train_examples, eval_examples, report = load_pref_data(cfg.data, tokenizer, kind="pairs", seed=cfg.train.seed)
-    if is_main():
-        with open(os.path.join(out, "data_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+    # Data is read exactly like DPO data: pairs, or rankings turned into pairs.
+    ctx = prepare_run(cfg, partial(load_pref_data, cfg.data, kind="pairs", seed=cfg.train.seed), tokenizer=tokenizer)
     objective = RewardObjective(use_margin=cfg.use_margin, center_coefficient=cfg.center_coefficient)
-    objective.check(train_examples + eval_examples)
+    objective.check(ctx.train_examples + ctx.eval_examples)
     if model is None:
         model, _ = load_reward_model(cfg.model.name, dtype=cfg.model.dtype, from_lm=True)
-    result = train(model, objective, train_examples, cfg.train, eval_examples=eval_examples,
+    result = train(model, objective, ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
-    # Every rank returns only once final/ and summary.json are complete.
-    on_main(lambda: _save_outputs(model, tokenizer, result, out))
+    finish_run(ctx, result, lambda folder: model.save_pretrained(folder, ctx.tokenizer))
     return result
-
-
-def _save_outputs(model, tokenizer, result: TrainResult, out: str) -> None:
-    final = os.path.join(out, "final")
-    model.save_pretrained(final + ".tmp", tokenizer)
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(final + ".tmp", final)  # a crash while saving never leaves a complete-looking folder
-    write_summary(result, out)

@@ -1,8 +1,6 @@
 """Supervised fine-tuning: the objective and the run that ties data, model and loop together."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
@@ -13,17 +11,17 @@ from alignkit.config import require, require_choice, require_number, to_dict, va
 from alignkit.data.chat import TRAIN_ON
 from alignkit.data.formats import load_conversations
 from alignkit.data.holdout import data_report, split_eval
+from alignkit.data.lengths import OVERLONG_POLICIES
 from alignkit.data.mixing import load_mix
 from alignkit.data.packing import pack, target_positions
 from alignkit.data.readers import DataSpec
-from alignkit.data.sft import OVERLONG_POLICIES, SFTExample, build_sft_examples
+from alignkit.data.sft import SFTExample, build_sft_examples
 from alignkit.models.config import ModelConfig
 from alignkit.training.config import TrainConfig
-from alignkit.training.distributed import is_main, on_main
 from alignkit.training.forward import packed_logits
 from alignkit.training.losses import token_nll_sum
 from alignkit.training.loop import TrainResult, train
-from alignkit.training.run_dir import start_run
+from alignkit.training.run import finish_run, prepare_run, save_lm
 
 
 @dataclass
@@ -97,52 +95,15 @@ def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
 
 def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
     """Load model and data, train, save the final model in the Hugging Face layout under output_dir/final."""
-    from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
+    from alignkit.models.loading import load_model
     from alignkit.models.lora import apply_lora
 
-    validate_config(cfg)  # configs built in Python never went through load_config
-    out = cfg.train.output_dir
-    on_main(lambda: start_run(cfg))  # with several processes, rank 0 alone writes the run's files
-    if tokenizer is None:
-        tokenizer = load_tokenizer(cfg.model.name)
-    tokenizer = use_chat_template(tokenizer, cfg.model.chat_template, cfg.model.name)
-    # Data first: a bad record fails in seconds, before the model is loaded.
-    train_examples, eval_examples, report = load_sft_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    if is_main():
-        with open(os.path.join(out, "data_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
+    ctx = prepare_run(cfg, partial(load_sft_data, cfg.data, seed=cfg.train.seed), tokenizer=tokenizer)
     if model is None:
         model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
-    result = train(model, SFTObjective(), train_examples, cfg.train, eval_examples=eval_examples,
+    result = train(model, SFTObjective(), ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
-    # Every rank returns only once final/ and summary.json are complete.
-    on_main(lambda: _save_outputs(cfg, model, tokenizer, result))
+    finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
     return result
-
-
-def _save_outputs(cfg: SFTConfig, model, tokenizer, result: TrainResult) -> None:
-    """final/ (Hugging Face layout; with LoRA also the adapter) and summary.json."""
-    from alignkit.models.lora import save_model
-
-    out = cfg.train.output_dir
-    final = os.path.join(out, "final")
-    tmp = final + ".tmp"
-    if cfg.model.lora.enabled:
-        model.save_pretrained(os.path.join(tmp, "adapter"))
-    save_model(model, tokenizer, tmp, merge=cfg.merge_lora or not cfg.model.lora.enabled)
-    _replace_dir(tmp, final)
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
-                   "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
-                   "final_loss": result.history[-1]["loss"] if result.history else None,
-                   "eval": result.eval_history[-1] if result.eval_history else None}, f, indent=2)
-
-
-def _replace_dir(tmp: str, final: str) -> None:
-    import shutil
-
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(tmp, final)

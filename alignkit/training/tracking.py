@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 
+from alignkit.atomic_write import write_text_atomic
 from alignkit.config import ConfigError
 
 # report_to target -> the package it needs
@@ -67,10 +68,7 @@ def _drop_after(path: str, step: int) -> None:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line.rstrip("\n") + "\n")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(kept))
 
 
 def _open_sink(name: str, output_dir: str, config: dict):

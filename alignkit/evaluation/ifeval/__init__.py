@@ -4,7 +4,8 @@
     result = score_ifeval(prompts, read_responses("responses.jsonl"))
     result.prompt_level_strict, result.to_dict()
 
-`check_instruction` checks a single response against one instruction type, and
+`check_instruction` checks a single response against one instruction type, `run_ifeval` is
+`alignkit eval ifeval` (answer with a model or read answers, score, write), and
 `python -m alignkit.evaluation.ifeval` scores a response file from the command line.
 """
 from alignkit.evaluation.ifeval.data import IFEvalFormatError, IFEvalPrompt, load_ifeval_prompts, read_responses
@@ -14,6 +15,7 @@ from alignkit.evaluation.ifeval.registry import (
     check_instruction,
     validate_kwargs,
 )
+from alignkit.evaluation.ifeval.run import run_ifeval
 from alignkit.evaluation.ifeval.scoring import (IFEvalResult, PromptOutcome, Tally, coverage_note, score_ifeval,
                                                 score_prompt)
 from alignkit.evaluation.ifeval.text import count_sentences, count_words, split_paragraphs, split_sentences
@@ -34,6 +36,7 @@ __all__ = [
     "load_ifeval_prompts",
     "read_responses",
     "response_variants",
+    "run_ifeval",
     "score_ifeval",
     "score_prompt",
     "split_paragraphs",

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from alignkit.atomic_write import write_json_atomic
 from alignkit.data.errors import DataError, RecordError
 from alignkit.evaluation.ifeval.data import IFEvalFormatError, load_ifeval_prompts, read_responses
 from alignkit.evaluation.ifeval.scoring import IFEvalResult, coverage_note, score_ifeval
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            json.dump(result.to_dict(), handle, indent=2, ensure_ascii=False)
+        write_json_atomic(args.out, result.to_dict())
     return 0
 
 

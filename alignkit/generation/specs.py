@@ -10,18 +10,15 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from alignkit.evaluation.cache import CachedBackend
 from alignkit.generation.backend import Backend, Completion, Message, SamplingParams
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+from alignkit.generation.cache import CachedBackend
+from alignkit.generation.model_id import local_model_id
 
 
 @dataclass(frozen=True)
@@ -65,30 +62,6 @@ def parse_backend_spec(spec: str) -> BackendSpec:
     return BackendSpec("local", spec)
 
 
-def local_model_id(spec: str, dtype: str = "fp32") -> str:
-    """A cache-safe id for a local model: the spec, a fingerprint of its weight files, and the dtype.
-
-    Cache keys start with the model id, so two trainings written to the same folder must not share
-    one; size and modification time of the weight files change whenever the weights are rewritten.
-    A bf16 judge answers differently from the same weights in fp32, so it gets its own id.
-    """
-    return _weights_id(spec) + ("" if dtype == "fp32" else f"@{dtype}")
-
-
-def _weights_id(spec: str) -> str:
-    from alignkit.models.loading import EMBEDDED_ALIASES, EMBEDDED_NAME, resolve_spec
-
-    if spec.lower() in EMBEDDED_ALIASES:
-        return f"embedded:{EMBEDDED_NAME}"
-    kind, where = resolve_spec(spec)
-    if kind == "hub":
-        return spec
-    files = [Path(where)] if Path(where).is_file() else sorted(
-        p for p in Path(where).rglob("*") if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
-    stamp = hashlib.sha256(repr([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode())
-    return f"{spec}#{stamp.hexdigest()[:12]}"
-
-
 def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Backend:
     """The backend a spec names, without cache or progress wrappers."""
     parsed = parse_backend_spec(spec)
@@ -105,8 +78,8 @@ def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Back
     from alignkit.models.loading import load_model
 
     model, tokenizer = load_model(parsed.model, dtype=options.dtype)
-    return LocalBackend(model, tokenizer, batch_size=options.batch_size, model_id=local_model_id(parsed.model, options.dtype),
-                        device=options.device)
+    return LocalBackend(model, tokenizer, batch_size=options.batch_size,
+                        model_id=local_model_id(parsed.model, options.dtype), device=options.device)
 
 
 def _vllm_backend(spec: str, options: BackendOptions) -> Backend:

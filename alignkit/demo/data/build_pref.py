@@ -1,6 +1,6 @@
 """Write the demo's preference pairs: same prompts as the SFT data, chosen follows the request.
 
-Run `python -m alignkit.demo_data.build_pref` (after `build`) to regenerate `pref_train.jsonl`
+Run `python -m alignkit.demo.data.build_pref` (after `build`) to regenerate `pref_train.jsonl`
 and `pref_heldout.jsonl` beside this script. Each prompt asks a question in one of the demo's
 formats; chosen is the correct answer in that format, rejected is one of:
 - plain:        the right answer as a plain sentence, ignoring the requested format;
@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from alignkit.demo_data.build import FORMATS, answer, questions, write_files
+from alignkit.demo.data.build import FORMATS, answer, questions, write_files
 
 KINDS = ("plain", "other_format", "wrong_answer")
 
@@ -65,7 +65,7 @@ def build(out_dir: Path, seed: int = 1, train_kinds_per_prompt: int = 2) -> dict
     missing = held - {row["prompt"] for row in test}
     if missing:
         raise RuntimeError(f"{len(missing)} held-out prompts of heldout.jsonl are not among the demo facts; "
-                           "rebuild both files (python -m alignkit.demo_data.build first)")
+                           "rebuild both files (python -m alignkit.demo.data.build first)")
     rng.shuffle(train)
     return write_files(out_dir, {"pref_train.jsonl": train, "pref_heldout.jsonl": test})
 

@@ -1,6 +1,6 @@
 """Strict parsing of judge replies: pairwise verdicts, numeric scores, and log-prob verdicts.
 
-Output formats (the judge prompts in `judge_prompts.py` ask for exactly these):
+Output formats (the judge prompts in `prompts.py` ask for exactly these):
 
 * Pairwise: a line ``Verdict: A`` or ``Verdict: B`` (``Verdict: tie`` only when ties are allowed),
   normally the last line of the reply.

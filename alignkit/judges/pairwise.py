@@ -25,12 +25,13 @@ as B), and results keep each order's verdict in terms of the item's outputs: "a"
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Generic, Sequence, TypeVar
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Sequence
 
-from alignkit.evaluation import judge_prompts
-from alignkit.evaluation.verdicts import ParsedVerdict, parse_verdict, verdict_from_logprobs
 from alignkit.generation.backend import Backend, Completion, Message, SamplingParams
+from alignkit.judges.calls import Asked, CallLog, ask_parsed, completion_failure
+from alignkit.judges.prompts import metrics_prompt, pairwise_prompt, reference_prompt, swap_decision_prompt
+from alignkit.judges.verdicts import ParsedVerdict, parse_verdict, verdict_from_logprobs
 
 STRATEGY_PARTS = ("rules", "cot", "metrics", "reference", "swap")
 ORDERS = ("ab", "ba")
@@ -103,15 +104,6 @@ class PairItem:
 
 
 @dataclass
-class CallLog:
-    """One logical judge call: its prompt, the raw reply of every attempt, and the final failure."""
-
-    prompt: list[Message]
-    outputs: list[str] = field(default_factory=list)
-    failure: str | None = None
-
-
-@dataclass
 class OrderVerdict:
     order: str  # "ab" or "ba"
     verdict: str | None  # "a" | "b" | "tie" in terms of the item's outputs; None = failure
@@ -143,57 +135,6 @@ class PairJudgment:
                 result.pop("judge")
                 result.pop("decision")
         return data
-
-
-P = TypeVar("P")
-
-
-@dataclass
-class Asked(Generic[P]):
-    parsed: P
-    log: CallLog
-
-
-def completion_failure(completion: Completion) -> str | None:
-    """Why a completion cannot be used at all (backend error), or None."""
-    if completion.finish_reason == "error":
-        return f"backend error: {completion.error or 'no detail given'}"
-    return None
-
-
-def ask_parsed(backend: Backend, prompts: Sequence[list[Message]], params: SamplingParams,
-               parse: Callable[[Completion], P] | Sequence[Callable[[Completion], P]], max_parse_retries: int = 0,
-               batch_size: int = 64) -> list[Asked[P]]:
-    """Send each prompt, parse each reply, and re-ask failed ones with a new seed up to `max_parse_retries` times.
-
-    `parse` (one for all replies, or a sequence with one per prompt) must return an object with a
-    `failure` attribute (None on success). Retry k uses seed
-    `params.seed + k` (or k when unseeded); with greedy decoding a deterministic backend will often
-    repeat itself, so retries help most with temperature > 0.
-    """
-    logs = [CallLog(prompt=list(prompt)) for prompt in prompts]
-    parsers = list(parse) if isinstance(parse, Sequence) else [parse] * len(prompts)
-    parsed: list = [None] * len(prompts)
-    pending = list(range(len(prompts)))
-    for attempt in range(max_parse_retries + 1):
-        if not pending:
-            break
-        attempt_params = params if attempt == 0 else replace(params, seed=(params.seed or 0) + attempt)
-        failed = []
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start:start + batch_size]
-            replies = backend.chat([logs[i].prompt for i in chunk], attempt_params)
-            if len(replies) != len(chunk) or any(not reply for reply in replies):
-                raise RuntimeError(f"backend {backend.model_id!r} returned {len(replies)} replies "
-                                   f"(some may be empty) for {len(chunk)} conversations")
-            for i, reply in zip(chunk, replies):
-                logs[i].outputs.append(reply[0].text)
-                parsed[i] = parsers[i](reply[0])
-                logs[i].failure = parsed[i].failure
-                if parsed[i].failure is not None:
-                    failed.append(i)
-        pending = failed
-    return [Asked(result, log) for result, log in zip(parsed, logs)]
 
 
 @dataclass(frozen=True)
@@ -269,8 +210,8 @@ def judge_pairs(backend: Backend, items: Sequence[PairItem | tuple[str, str, str
     """
     strategy = Strategy.parse(config.strategy)
     pairs = _as_items(items)
-    metrics = _generate_aux(backend, pairs, judge_prompts.metrics_prompt, config) if strategy.metrics else None
-    references = (_generate_aux(backend, pairs, judge_prompts.reference_prompt, config)
+    metrics = _generate_aux(backend, pairs, metrics_prompt, config) if strategy.metrics else None
+    references = (_generate_aux(backend, pairs, reference_prompt, config)
                   if strategy.reference else None)
 
     # Swap needs both orders judged even when only one order is reported.
@@ -286,7 +227,7 @@ def judge_pairs(backend: Backend, items: Sequence[PairItem | tuple[str, str, str
             continue
         for order in judged_orders:
             jobs.append((index, order))
-            prompts.append(judge_prompts.pairwise_prompt(
+            prompts.append(pairwise_prompt(
                 item.instruction, *_shown(item, order), rules=strategy.rules, explain=explain,
                 metrics=metrics[index].parsed.text if metrics else None,
                 reference=references[index].parsed.text if references else None,
@@ -328,7 +269,7 @@ def _decide_disagreements(backend: Backend, pairs: list[PairItem], judged: dict[
             elif both["ab"].verdict != both["ba"].verdict:
                 other = "ba" if order == "ab" else "ab"
                 jobs.append((index, order))
-                prompts.append(judge_prompts.swap_decision_prompt(
+                prompts.append(swap_decision_prompt(
                     item.instruction, *_shown(item, order), both[order].judge.outputs[-1],
                     both[other].judge.outputs[-1], rules=strategy.rules, allow_tie=config.allow_tie))
     parsers = [_verdict_parser(config, _shown(pairs[index], order)) for index, order in jobs]

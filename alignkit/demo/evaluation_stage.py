@@ -2,7 +2,7 @@
 
 Three measurements, each through the project's own machinery:
 
-(a) verifiable instruction following: the demo's own check (`alignkit.demo.score`, which applies
+(a) verifiable instruction following: the demo's own check (`alignkit.demo.heldout.score`, which applies
     `follows_format` and counts answer mentions)
     and the IFEval checker that matches each requested format (json -> detectable_format:json_format,
     upper -> change_case:english_capital, ending -> startend:end_checker), strict and loose;
@@ -19,16 +19,17 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from alignkit.demo import score
-from alignkit.demo_data.build import ENDING
-from alignkit.evaluation.backends import BackendOptions, build_backend
-from alignkit.evaluation.cache import CachedBackend
+from alignkit.atomic_write import write_json_atomic
+from alignkit.demo.data.build import ENDING
+from alignkit.demo.heldout import score
 from alignkit.evaluation.commands import failure_summary
 from alignkit.evaluation.ifeval import check_instruction
-from alignkit.evaluation.judges import JudgeConfig, PairItem, judge_pairs
-from alignkit.evaluation.run_files import write_json_atomic, write_report_atomic
+from alignkit.evaluation.report import write_report
 from alignkit.evaluation.winrate import win_rate_entry
 from alignkit.generation.backend import Backend, SamplingParams
+from alignkit.generation.cache import CachedBackend
+from alignkit.generation.specs import BackendOptions, build_backend
+from alignkit.judges import JudgeConfig, PairItem, judge_pairs
 
 BASE = "base"
 # The IFEval instruction (id, kwargs) that checks each demo format.
@@ -130,7 +131,7 @@ def evaluate_stages(model_responses: dict[str, list[str]], rows: list[dict], jud
                "verifiable": verifiable, "win_rates": win_rates, "judgments": judgment_stats,
                "judge_cache": cache_stats}
     write_json_atomic(out / "evaluation.json", results)
-    html_path, _ = write_report_atomic(_report(results, list(model_responses)), out)
+    html_path, _ = write_report(_report(results, list(model_responses)), out)
     results["report"] = str(html_path)
     return results
 

@@ -68,7 +68,7 @@ class CachedBackend:
             connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                          check_same_thread=False)
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            _use_wal(connection)
             connection.execute("PRAGMA synchronous = NORMAL")
             connection.execute(_SCHEMA)
             self._connection, self._connection_pid = connection, os.getpid()
@@ -158,3 +158,20 @@ class CachedBackend:
         """Number of cached prompts in the file (all processes, all models)."""
         with self._lock:
             return self._db().execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Switch the file to WAL (a setting stored in the file, so once per cache). SQLite does not call the
+    busy handler while it changes the journal mode, so two processes opening a new cache at once can
+    get "database is locked" here however long the busy timeout: wait for the other one, as the busy
+    handler would, up to the same timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)

@@ -7,15 +7,12 @@ The evaluation stage adds pairwise judgments through the judge machinery and an 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from alignkit.demo_data.build import ENDING
-
-DEMO_DATA = Path(__file__).parent / "demo_data"
+from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
+from alignkit.demo.heldout import DEMO_DATA, load_heldout, score
 
 
 @dataclass
@@ -43,39 +40,6 @@ class DemoConfig:
             require_number(where, key, getattr(self, key), low=0, low_open=True)
 
 
-def follows_format(fmt: str, response: str) -> bool:
-    text = response.strip()
-    if fmt == "json":
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return False
-        return isinstance(value, dict) and set(value) == {"answer"}
-    if fmt == "upper":
-        letters = [c for c in text if c.isalpha()]
-        return bool(letters) and all(c.isupper() for c in letters)
-    if fmt == "ending":
-        return text.endswith(ENDING) and len(text) > len(ENDING)
-    raise ValueError(f"unknown format {fmt!r}")
-
-
-def load_heldout(limit: int = 0) -> list[dict]:
-    rows = [json.loads(line) for line in open(DEMO_DATA / "heldout.jsonl")]
-    return rows[:limit] if limit else rows
-
-
-def score(rows: list[dict], responses: list[str]) -> dict:
-    per_format: dict[str, list[int]] = {}
-    correct = 0
-    for row, resp in zip(rows, responses):
-        per_format.setdefault(row["format"], []).append(int(follows_format(row["format"], resp)))
-        correct += int(row["answer"].lower() in resp.lower())
-    followed = sum(sum(v) for v in per_format.values())
-    return {"n": len(rows), "format_following": followed / len(rows),
-            "per_format": {k: sum(v) / len(v) for k, v in sorted(per_format.items())},
-            "answer_mentioned": correct / len(rows)}
-
-
 def answer(model, tokenizer, rows: list[dict], max_new_tokens: int, desc: str) -> list[str]:
     from alignkit.generation.backend import SamplingParams
     from alignkit.generation.local import generate_texts
@@ -90,7 +54,7 @@ def answer(model, tokenizer, rows: list[dict], max_new_tokens: int, desc: str) -
 def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.config import validate_config
     from alignkit.data.readers import DataSpec
-    from alignkit.evaluation.demo_stage import evaluate_stages
+    from alignkit.demo.evaluation_stage import evaluate_stages
     from alignkit.models.config import ModelConfig
     from alignkit.models.loading import load_model
     from alignkit.training.config import TrainConfig
@@ -128,18 +92,16 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     results = {stage: score(rows, resp) for stage, resp in responses.items()}
     results["training"] = {name: _summary(r) for name, r in (("sft", sft), ("dpo", dpo))}
-    with open(os.path.join(cfg.out_dir, "responses.jsonl"), "w") as f:
-        for i, row in enumerate(rows):
-            f.write(json.dumps({"prompt": row["messages"][0]["content"], "format": row["format"],
-                                **{stage: resp[i] for stage, resp in responses.items()}}) + "\n")
+    write_jsonl_atomic(os.path.join(cfg.out_dir, "responses.jsonl"),
+                       ({"prompt": row["messages"][0]["content"], "format": row["format"],
+                         **{stage: resp[i] for stage, resp in responses.items()}} for i, row in enumerate(rows)))
 
     print("[demo] evaluation: verifiable checks, pairwise judgments against the base model, HTML report", flush=True)
     # the judge is the embedded model itself: near chance at 135M, but it exercises the whole machinery
     results["evaluation"] = evaluate_stages(responses, rows, None, os.path.join(cfg.out_dir, "evaluation"),
                                             max_pairs=cfg.judge_pairs)
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results, allow_nan=True)
     _print_table(results)
     return results
 

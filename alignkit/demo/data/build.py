@@ -1,6 +1,6 @@
 """Write the demo's instruction data: short questions answered in a requested, checkable format.
 
-Run `python -m alignkit.demo_data.build` to regenerate the JSONL files beside this script. The
+Run `python -m alignkit.demo.data.build` to regenerate the JSONL files beside this script. The
 facts are split between train and held-out files, so the held-out figure measures a learnt
 behaviour (following the format) on questions the model never trained on.
 """
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+
+from alignkit.atomic_write import write_jsonl_atomic
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Germany", "Berlin"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Kenya", "Nairobi"),
@@ -75,9 +77,7 @@ def build(out_dir: Path, seed: int = 0) -> dict[str, int]:
 def write_files(out_dir: Path, files: dict[str, list[dict]]) -> dict[str, int]:
     """Write each list of rows as a JSONL file; return the row counts."""
     for name, rows in files.items():
-        with open(out_dir / name, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        write_jsonl_atomic(out_dir / name, rows)
     return {name: len(rows) for name, rows in files.items()}
 
 

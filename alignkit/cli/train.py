@@ -1,0 +1,94 @@
+"""The training commands: `sft`, `pref` and its shorthands (`dpo`, `ipo`, ...), `rm`.
+
+Each reads a YAML config and key=value overrides into the stage's config dataclass, trains, and
+says where the final model went; `--help` lists every config key with its default. These are the
+only commands that run as one job under torchrun or accelerate launch (see `trains`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+KEYS_HEADING = "config keys (YAML or key=value):\n"
+
+
+def trains(command: str) -> bool:
+    """sft, pref (and its shorthands) and rm: the commands that train as one run under torchrun."""
+    from alignkit.training.preference import SHORTHANDS
+
+    return command in ("sft", "pref", "rm", *SHORTHANDS)
+
+
+def _train(config_cls, run, a, overrides) -> None:
+    from alignkit.config import load_config
+
+    cfg = load_config(config_cls, a.config, overrides)
+    run(cfg)
+    print(f"saved to {os.path.join(cfg.train.output_dir, 'final')}")
+
+
+def _add_training_command(sub, name: str, summary: str, keys: str, config_help: str, overrides_help: str,
+                          func) -> None:
+    p = sub.add_parser(name, help=summary, epilog=KEYS_HEADING + keys,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=config_help)
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=func)
+
+
+def cmd_sft(a) -> None:
+    from alignkit.training.sft import SFTConfig, run_sft
+
+    _train(SFTConfig, run_sft, a, a.overrides)
+
+
+def cmd_pref(a, preset: str | None = None) -> None:
+    from alignkit.config import ConfigError
+    from alignkit.training.pref_run import PrefConfig, run_pref
+
+    overrides = list(a.overrides)
+    if preset is not None:
+        chosen = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "loss"]
+        if any(c != preset for c in chosen):
+            raise ConfigError(f"`alignkit {preset}` presets loss={preset}; use `alignkit pref loss=...` for another loss")
+        overrides = [f"loss={preset}"] + overrides
+    _train(PrefConfig, run_pref, a, overrides)
+
+
+def cmd_rm(a) -> None:
+    from alignkit.training.reward import RMConfig, run_rm
+
+    _train(RMConfig, run_rm, a, a.overrides)
+
+
+def add_sft(sub) -> None:
+    from alignkit.config import config_keys_help
+    from alignkit.training.sft import SFTConfig
+
+    _add_training_command(sub, "sft", "supervised fine-tuning from a YAML config", config_keys_help(SFTConfig()),
+                          "YAML file (sections model, data, train)",
+                          "key=value overrides, e.g. train.lr=1e-4 model.lora.enabled=true", cmd_sft)
+
+
+def add_pref(sub) -> None:
+    """`pref`, and one shorthand per common loss that presets it."""
+    from alignkit.config import config_keys_help
+    from alignkit.training.pref_run import PrefConfig
+    from alignkit.training.preference import ALL_LOSSES, SHORTHANDS
+
+    keys = config_keys_help(PrefConfig())
+    _add_training_command(sub, "pref", f"preference training; loss={'|'.join(ALL_LOSSES)}", keys,
+                          "YAML file (top-level loss keys, sections model, data, train, control)",
+                          "key=value overrides, e.g. loss=ipo beta=0.5 train.lr=1e-6", cmd_pref)
+    for name in SHORTHANDS:
+        _add_training_command(sub, name, f"= alignkit pref loss={name}", keys, "YAML file (as for alignkit pref)",
+                              "key=value overrides", lambda a, preset=name: cmd_pref(a, preset))
+
+
+def add_rm(sub) -> None:
+    from alignkit.config import config_keys_help
+    from alignkit.training.reward import RMConfig
+
+    _add_training_command(sub, "rm", "train a reward model (scalar head, Bradley-Terry) on preference pairs",
+                          config_keys_help(RMConfig()), "YAML file (sections model, data, train)",
+                          "key=value overrides, e.g. center_coefficient=0.01", cmd_rm)

@@ -1,0 +1,1 @@
+"""The demo's JSONL files (installed as package data) and the scripts that write them: `build`, then `build_pref`."""
