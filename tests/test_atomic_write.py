@@ -10,10 +10,7 @@ import pytest
 
 from alignkit.atomic_write import (TMP_PREFIX, atomic_dir, atomic_file, remove_leftovers, write_json_atomic,
                                    write_jsonl_atomic, write_text_atomic)
-
-
-class Crash(RuntimeError):
-    pass
+from tests.helpers.crash import Crash
 
 
 def listing(folder):
