@@ -10,7 +10,7 @@ import sys
 import pytest
 
 PACKAGES = ["alignkit.data", "alignkit.models", "alignkit.training", "alignkit.serving", "alignkit.evaluation",
-            "alignkit.generation"]
+            "alignkit.generation", "alignkit.rewards"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

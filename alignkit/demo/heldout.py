@@ -2,32 +2,17 @@
 
 Each held-out row asks for an answer in one format (a JSON object, capital letters, or a fixed
 closing phrase), so whether a response follows it is a fact, not an impression. Both the demo run
-and its evaluation stage score with `score`, so the two report the same figure.
+and its evaluation stage score with `score`, so the two report the same figure; the check itself,
+`follows_format`, lives in alignkit.rewards so that the `format` reward trains on the same fact.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from alignkit.demo.data.build import ENDING
+from alignkit.rewards.formats import follows_format
 
 DEMO_DATA = Path(__file__).parent / "data"
-
-
-def follows_format(fmt: str, response: str) -> bool:
-    text = response.strip()
-    if fmt == "json":
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return False
-        return isinstance(value, dict) and set(value) == {"answer"}
-    if fmt == "upper":
-        letters = [c for c in text if c.isalpha()]
-        return bool(letters) and all(c.isupper() for c in letters)
-    if fmt == "ending":
-        return text.endswith(ENDING) and len(text) > len(ENDING)
-    raise ValueError(f"unknown format {fmt!r}")
 
 
 def load_heldout(limit: int = 0) -> list[dict]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
-from alignkit.data.chat import tokenize_conversation
 from alignkit.data.errors import RecordError
 from alignkit.data.formats import to_conversation
 from alignkit.data.preference import PreferencePair, to_pair
@@ -147,17 +146,11 @@ def load_eval_pairs(sources: Any, *, skip_bad: bool = False) -> tuple[list[EvalP
     return load_parsed(sources, parse, skip_bad=skip_bad)
 
 
-def conversation_ids(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], bool]:
-    """Token ids to score, cut from the left when too long (the reward is read at the end)."""
-    ids = tokenize_conversation(tokenizer, messages).input_ids
-    return (ids[-max_length:], True) if len(ids) > max_length else (ids, False)
-
-
 # ---------------------------------------------------------------- commands
 
 def rm_eval(model, tokenizer, sources: Any, *, batch_size: int = 8, max_length: int = 2048,
             skip_bad: bool = False) -> RMEvalResult:
-    from alignkit.models.reward import score_sequences
+    from alignkit.models.reward import conversation_ids, score_sequences
 
     items, _ = load_eval_pairs(sources, skip_bad=skip_bad)
     sequences, truncated = [], 0
@@ -197,7 +190,7 @@ def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int
     record with `responses`; `reward` otherwise. A record with `responses` gets no `reward`, since
     one number would stand for only one of its samples. Earlier scores are replaced.
     Returns (records written, sequences cut from the left for length)."""
-    from alignkit.models.reward import score_sequences
+    from alignkit.models.reward import conversation_ids, score_sequences
 
     records, sequences, truncated = [], [], 0
     for record in read_records(in_path):

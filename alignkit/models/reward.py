@@ -98,6 +98,15 @@ def load_reward_model(spec: str, *, dtype: str = "fp32", from_lm: bool = False) 
     return RewardModel.from_causal_lm(merge_lora(lm), tokenizer), tokenizer
 
 
+def conversation_ids(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], bool]:
+    """Token ids of a conversation to score, cut from the left when too long (the reward is read at
+    the end), and whether they were cut. Shared by `alignkit score`, rm-eval and the RL reward."""
+    from alignkit.data.chat import tokenize_conversation
+
+    ids = tokenize_conversation(tokenizer, messages).input_ids
+    return (ids[-max_length:], True) if len(ids) > max_length else (ids, False)
+
+
 @torch.no_grad()
 def score_sequences(model: RewardModel, sequences: Sequence[list[int]], *, batch_size: int = 16) -> list[float]:
     """Rewards of token-id sequences, `batch_size` sequences per packed forward."""

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 from alignkit.atomic_write import write_jsonl_atomic
+from alignkit.rewards.formats import CLOSING_PHRASE
 
 CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Germany", "Berlin"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Kenya", "Nairobi"),
@@ -28,7 +29,7 @@ ANIMALS = [("cow", "moo"), ("dog", "woof"), ("cat", "meow"), ("duck", "quack"), 
            ("owl", "hoot"), ("lion", "roar"), ("snake", "hiss"), ("frog", "croak"), ("horse", "neigh"),
            ("pig", "oink"), ("bee", "buzz")]
 
-ENDING = "Any other questions?"
+ENDING = CLOSING_PHRASE  # one phrase for the data and the check that scores it
 FORMATS = {
     "json": 'Reply only with a JSON object of the form {"answer": "..."}.',
     "upper": "Answer in capital letters only.",

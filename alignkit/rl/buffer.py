@@ -1,0 +1,92 @@
+"""A rollout buffer and its micro-batches in the RL micro-batch contract.
+
+A micro-batch is `pack([(prompt_ids + completion_ids, labels)])` with labels IGNORE on the prompt and
+the completion ids on the completion, so its target positions are exactly the completion tokens, in
+order, sequence after sequence. Per-token keys ([N], that order): old_logprobs, ref_logprobs (when a
+reference is used), seq_ids. Per-sequence keys ([S]): advantages, rewards, group_ids, completion_lens,
+truncated. `num_units` is the number of completion tokens (units="tokens") or sequences ("sequences").
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.data.chat import IGNORE
+from alignkit.data.packing import pack
+
+UNITS = ("tokens", "sequences")
+
+
+@dataclass
+class Sample:
+    """One sampled completion and everything the losses need about it."""
+    prompt_ids: list[int]
+    completion_ids: list[int]  # as generated, the EOS / last stop-string token included
+    text: str  # the completion's text (stop strings and special tokens left out), what the reward read
+    group: int  # index of its prompt within the rollout
+    truncated: bool  # ended by max_tokens, without EOS or a stop string
+    gen_logprobs: list[float] | None = None  # the sampler's own (Completion.logprobs), for diagnostics
+    old_logprobs: torch.Tensor | None = None  # float32 [len(completion_ids)], training forward
+    ref_logprobs: torch.Tensor | None = None
+    reward: float = 0.0
+    advantage: float = 0.0
+    trained: bool = True  # False for a truncated sample under truncated=mask: it never reaches a loss
+
+    def to_state(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> Sample:
+        return cls(**state)
+
+
+def shuffled_chunks(indices: Sequence[int], chunks: int, seed: int) -> list[list[int]]:
+    """`indices` in a seeded random order, cut into `chunks` contiguous parts whose sizes differ by at
+    most one (none empty when there are at least `chunks` indices)."""
+    g = torch.Generator().manual_seed(seed)
+    order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+    base, extra = divmod(len(order), chunks)
+    out, start = [], 0
+    for k in range(chunks):
+        size = base + (1 if k < extra else 0)
+        out.append(order[start:start + size])
+        start += size
+    return [c for c in out if c]
+
+
+def micro_batch(samples: Sequence[Sample], *, units: str = "tokens") -> dict:
+    """The contract's micro-batch of `samples`, in the given order (log-prob keys only once computed)."""
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, not {units!r}")
+    sequences = [(s.prompt_ids + s.completion_ids, [IGNORE] * len(s.prompt_ids) + s.completion_ids)
+                 for s in samples]
+    batch = pack(sequences)
+    lens = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.long)
+    batch.update(
+        seq_ids=torch.repeat_interleave(torch.arange(len(samples)), lens),
+        advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
+        rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
+        group_ids=torch.tensor([s.group for s in samples], dtype=torch.long),
+        completion_lens=lens,
+        truncated=torch.tensor([s.truncated for s in samples], dtype=torch.bool),
+        num_units=int(lens.sum()) if units == "tokens" else len(samples),
+    )
+    if all(s.old_logprobs is not None for s in samples):
+        batch["old_logprobs"] = torch.cat([s.old_logprobs for s in samples]).float()
+    if all(s.ref_logprobs is not None for s in samples):
+        batch["ref_logprobs"] = torch.cat([s.ref_logprobs for s in samples]).float()
+    return batch
+
+
+def scatter_logprobs(samples: Sequence[Sample], flat: torch.Tensor, attr: str) -> None:
+    """Split a micro-batch's [N] per-token values back onto its samples (in micro-batch order)."""
+    offset = 0
+    for s in samples:
+        n = len(s.completion_ids)
+        setattr(s, attr, flat[offset:offset + n].detach().float().cpu().clone())
+        offset += n
+    if offset != flat.numel():
+        raise ValueError(f"{flat.numel()} log-probs for {offset} completion tokens")

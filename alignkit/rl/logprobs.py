@@ -1,0 +1,48 @@
+"""Per-token log-probs of completion tokens, as the RL losses and the rollout source both compute them.
+
+One function turns logits into the log-probs of the sampled tokens, with the sampling temperature
+applied as `logits / T`: the rollout source uses it to recompute the old policy's (and the reference's)
+log-probs, and a loss uses it for the current policy's, so the importance ratio compares like with like.
+Top-k / top-p are not applied here: they only cut the tail the sampler could draw from, and a training
+forward scores the full tempered distribution (a ratio against a truncated distribution would change
+as the filter's cut moves).
+
+Greedy decoding (temperature 0) samples from no distribution; its log-probs are those of the model's
+own distribution, temperature 1, as `Completion.logprobs` reports them too (`loss_temperature`).
+"""
+from __future__ import annotations
+
+import torch
+
+from alignkit.data.packing import target_positions
+from alignkit.training.forward import packed_logits
+
+
+def loss_temperature(sampling_temperature: float) -> float:
+    """The temperature the log-probs are computed at: the sampling one, or 1 for greedy decoding."""
+    return float(sampling_temperature) if sampling_temperature > 0 else 1.0
+
+
+def tempered_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T)[token] at every position: logits [..., V], tokens [...] -> float32 [...].
+
+    Computed in float32 whatever the logits' dtype, so bf16 logits lose nothing more in the softmax."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 here (use loss_temperature for greedy), got {temperature}")
+    scaled = logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    safe = tokens.clamp(min=0).unsqueeze(-1)
+    return torch.log_softmax(scaled, dim=-1).gather(-1, safe).squeeze(-1)
+
+
+def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+    """float32 [N] log-probs of the completion tokens of an RL micro-batch (its target positions, in
+    order), from one packed forward of `model`; differentiable unless called under no_grad."""
+    keep = target_positions(batch["targets"])
+    device = next(iter(model.parameters())).device
+    on_device = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
+                 if k in ("input_ids", "position_ids")}
+    logits = packed_logits(model, on_device, keep.to(device))
+    tokens = batch["targets"][0, keep].to(logits.device)
+    return tempered_token_logprobs(logits, tokens, temperature)
