@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from alignkit.cli import demo, evaluate, generate, serve, train
+from alignkit.cli import demo, evaluate, generate, rl, serve, train
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_serve(sub)
     train.add_pref(sub)
     train.add_rm(sub)
+    rl.add_rl(sub)
     generate.add_score(sub)
     evaluate.add_rm_eval(sub)
     return parser
