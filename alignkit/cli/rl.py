@@ -10,30 +10,20 @@ PRESETS = ("grpo", "rloo", "reinforce")
 
 
 def cmd_rl(a, preset: str | None = None) -> None:
-    from alignkit.cli.train import _train
-    from alignkit.config import ConfigError
+    from alignkit.cli.train import _train, preset_overrides
     from alignkit.rl.run import RLConfig, run_rl
 
-    overrides = list(a.overrides)
-    if preset is not None:
-        chosen = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "algo"]
-        if any(c != preset for c in chosen):
-            raise ConfigError(f"`alignkit {preset}` presets algo={preset}; use `alignkit rl algo=...` for another one")
-        overrides = [f"algo={preset}"] + overrides
-    _train(RLConfig, run_rl, a, overrides)
+    _train(RLConfig, run_rl, a, preset_overrides(a.overrides, "algo", preset, "rl"))
 
 
 def add_rl(sub) -> None:
     """`rl`, and one preset per algorithm."""
-    from alignkit.cli.train import _add_training_command
+    from alignkit.cli.train import add_command_family
     from alignkit.config import config_keys_help
     from alignkit.rl.objective import ALGORITHMS
     from alignkit.rl.run import RLConfig
 
-    keys = config_keys_help(RLConfig())
-    _add_training_command(sub, "rl", f"online RL from a reward; algo={'|'.join(ALGORITHMS)}", keys,
-                          "YAML file (top-level loss keys, prompts, rewards; sections model, rollout, train)",
-                          "key=value overrides, e.g. algo=rloo rollout.group_size=8 train.lr=1e-6", cmd_rl)
-    for name in PRESETS:
-        _add_training_command(sub, name, f"= alignkit rl algo={name}", keys, "YAML file (as for alignkit rl)",
-                              "key=value overrides", lambda a, preset=name: cmd_rl(a, preset))
+    add_command_family(sub, "rl", "algo", f"online RL from a reward; algo={'|'.join(ALGORITHMS)}", PRESETS,
+                       config_keys_help(RLConfig()),
+                       "YAML file (top-level loss keys, prompts, rewards; sections model, rollout, train)",
+                       "key=value overrides, e.g. algo=rloo rollout.group_size=8 train.lr=1e-6", cmd_rl)

@@ -42,17 +42,25 @@ def cmd_sft(a) -> None:
     _train(SFTConfig, run_sft, a, a.overrides)
 
 
-def cmd_pref(a, preset: str | None = None) -> None:
+def preset_overrides(overrides, key: str, preset: str | None, general: str) -> list[str]:
+    """`key=preset` in front of the overrides for a shorthand command (`alignkit dpo` = `alignkit pref
+    loss=dpo`); a conflicting `key=...` among them is an error naming the general command."""
     from alignkit.config import ConfigError
+
+    overrides = list(overrides)
+    if preset is None:
+        return overrides
+    chosen = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == key]
+    if any(c != preset for c in chosen):
+        raise ConfigError(f"`alignkit {preset}` presets {key}={preset}; use `alignkit {general} {key}=...` for "
+                          f"another {'loss' if key == 'loss' else 'one'}")
+    return [f"{key}={preset}"] + overrides
+
+
+def cmd_pref(a, preset: str | None = None) -> None:
     from alignkit.training.pref_run import PrefConfig, run_pref
 
-    overrides = list(a.overrides)
-    if preset is not None:
-        chosen = [o.split("=", 1)[1].strip() for o in overrides if o.split("=", 1)[0].strip() == "loss"]
-        if any(c != preset for c in chosen):
-            raise ConfigError(f"`alignkit {preset}` presets loss={preset}; use `alignkit pref loss=...` for another loss")
-        overrides = [f"loss={preset}"] + overrides
-    _train(PrefConfig, run_pref, a, overrides)
+    _train(PrefConfig, run_pref, a, preset_overrides(a.overrides, "loss", preset, "pref"))
 
 
 def cmd_rm(a) -> None:
@@ -76,13 +84,20 @@ def add_pref(sub) -> None:
     from alignkit.training.pref_run import PrefConfig
     from alignkit.training.preference import ALL_LOSSES, SHORTHANDS
 
-    keys = config_keys_help(PrefConfig())
-    _add_training_command(sub, "pref", f"preference training; loss={'|'.join(ALL_LOSSES)}", keys,
-                          "YAML file (top-level loss keys, sections model, data, train, control)",
-                          "key=value overrides, e.g. loss=ipo beta=0.5 train.lr=1e-6", cmd_pref)
-    for name in SHORTHANDS:
-        _add_training_command(sub, name, f"= alignkit pref loss={name}", keys, "YAML file (as for alignkit pref)",
-                              "key=value overrides", lambda a, preset=name: cmd_pref(a, preset))
+    add_command_family(sub, "pref", "loss", f"preference training; loss={'|'.join(ALL_LOSSES)}", SHORTHANDS,
+                       config_keys_help(PrefConfig()),
+                       "YAML file (top-level loss keys, sections model, data, train, control)",
+                       "key=value overrides, e.g. loss=ipo beta=0.5 train.lr=1e-6", cmd_pref)
+
+
+def add_command_family(sub, general: str, key: str, summary: str, presets, keys: str, config_help: str,
+                       overrides_help: str, func) -> None:
+    """A general training command and its shorthands, each `alignkit <general> <key>=<shorthand>`."""
+    _add_training_command(sub, general, summary, keys, config_help, overrides_help, func)
+    for name in presets:
+        _add_training_command(sub, name, f"= alignkit {general} {key}={name}", keys,
+                              f"YAML file (as for alignkit {general})", "key=value overrides",
+                              lambda a, preset=name: func(a, preset))
 
 
 def add_rm(sub) -> None:
