@@ -184,22 +184,34 @@ def _to_score(data: dict) -> list[list[dict]]:
     return [prompt + [{"role": "assistant", "content": r}] for r in responses]
 
 
+def read_scorable(in_path: str) -> list[tuple[Record, list]]:
+    """Each record of `in_path` with the conversations to score in it; a record that has none stops
+    here, naming file, line and field, before any model is loaded."""
+    scorable = []
+    for record in read_records(in_path):
+        try:
+            scorable.append((record, _to_score(record.data)))
+        except RecordError as e:
+            raise e.located(record.path, record.line, record.unit) from None
+        except ValueError as e:
+            raise RecordError("messages", str(e), path=record.path, line=record.line, unit=record.unit) from None
+    return scorable
+
+
 def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int = 8,
-               max_length: int = 2048) -> tuple[int, int]:
+               max_length: int = 2048, scorable: list[tuple[Record, list]] | None = None) -> tuple[int, int]:
     """Write each input record with its score added: `rewards`, one per response in order, for a
     record with `responses`; `reward` otherwise. A record with `responses` gets no `reward`, since
-    one number would stand for only one of its samples. Earlier scores are replaced.
+    one number would stand for only one of its samples. Earlier scores are replaced. `scorable` is
+    `read_scorable(in_path)` when the caller has read it already.
     Returns (records written, sequences cut from the left for length)."""
     from alignkit.models.reward import conversation_ids, score_sequences
 
     records, sequences, truncated = [], [], 0
-    for record in read_records(in_path):
+    for record, convs in scorable if scorable is not None else read_scorable(in_path):
         try:
-            convs = _to_score(record.data)
             encoded = [conversation_ids(tokenizer, conv, max_length) for conv in convs]
-        except (RecordError, ValueError) as e:
-            if isinstance(e, RecordError):
-                raise e.located(record.path, record.line, record.unit) from None
+        except ValueError as e:
             raise RecordError("messages", str(e), path=record.path, line=record.line, unit=record.unit) from None
         records.append((record, len(encoded)))
         sequences += [ids for ids, _ in encoded]
@@ -228,15 +240,15 @@ def run_score(model: str, input_path: str, out_path: str, *, dtype: str = "fp32"
               max_length: int = 2048) -> tuple[int, int]:
     """`alignkit score`: load the reward model folder `model` and `score_file` with it.
 
-    The input is read through once first, as in training: an unreadable file fails in seconds,
-    before the model loads. Returns (records written, sequences cut from the left for length).
+    The input is read and checked once, before the model loads: an unreadable file or a record with
+    nothing to score fails in seconds. Returns (records written, sequences cut from the left for length).
     """
     from alignkit.models.reward import load_reward_model
 
-    for _ in read_records(input_path):
-        pass
+    scorable = read_scorable(input_path)
     reward_model, tokenizer = load_reward_model(model, dtype=dtype)
-    return score_file(reward_model, tokenizer, input_path, out_path, batch_size=batch_size, max_length=max_length)
+    return score_file(reward_model, tokenizer, input_path, out_path, batch_size=batch_size, max_length=max_length,
+                      scorable=scorable)
 
 
 def run_rm_eval(model: str, data: Any, out: str | None = None, *, dtype: str = "fp32", batch_size: int = 8,

@@ -291,3 +291,11 @@ def test_read_text_keeps_text_and_drops_a_bom(tmp_path):
     path = tmp_path / "rubric.txt"
     path.write_bytes(b"\xef\xbb\xbfScore 1 to 5\n")
     assert read_text(path) == "Score 1 to 5\n"
+
+
+def test_a_record_with_nothing_to_score_stops_score_before_the_model_loads(tmp_path, capsys):
+    records = write_jsonl(tmp_path / "answers.jsonl", [OUTPUT, {"id": "1", "prompt": "q1"}])
+    out = tmp_path / "scored.jsonl"
+    argv = ["score", "--model", NO_MODEL, "--input", records, "--out", str(out)]
+    line = assert_one_line_error(main(argv), capsys.readouterr().err, argv, f"{records}:2")
+    assert NO_MODEL not in line and not out.exists()
