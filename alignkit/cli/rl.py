@@ -1,4 +1,4 @@
-"""The online RL commands: `rl` and its presets `grpo`, `rloo`, `reinforce` (= `rl algo=...`).
+"""The online RL commands: `rl` and its presets `grpo`, `rloo`, `reinforce`, `ppo` (= `rl algo=...`).
 
 Like the other training commands they read a YAML config and key=value overrides, train, and say where
 the final model went; `--help` lists every config key. They run as one process: the rollout source does
@@ -6,7 +6,7 @@ not yet split its sampling across processes, so under torchrun they are refused 
 """
 from __future__ import annotations
 
-PRESETS = ("grpo", "rloo", "reinforce")
+PRESETS = ("grpo", "rloo", "reinforce", "ppo")
 
 
 def cmd_rl(a, preset: str | None = None) -> None:
@@ -25,5 +25,5 @@ def add_rl(sub) -> None:
 
     add_command_family(sub, "rl", "algo", f"online RL from a reward; algo={'|'.join(ALGORITHMS)}", PRESETS,
                        config_keys_help(RLConfig()),
-                       "YAML file (top-level loss keys, prompts, rewards; sections model, rollout, train)",
+                       "YAML file (top-level loss keys, prompts, rewards; sections model, rollout, train, critic)",
                        "key=value overrides, e.g. algo=rloo rollout.group_size=8 train.lr=1e-6", cmd_rl)

@@ -8,7 +8,8 @@ Three measurements, each through the project's own machinery:
     upper -> change_case:english_capital, ending -> startend:end_checker), strict and loose;
 (b) a pairwise judgment of every later stage against "base" (plain strategy, both orders, at most
     `max_pairs` prompts, short judge replies), scored as a win rate with failures reported apart;
-(c) the HTML report (`write_report`) with before/after figures, win rates and IFEval-style numbers.
+(c) the HTML report (`write_report`) with before/after figures, win rates, IFEval-style numbers and the
+    training curves the caller passes (loss per step, the RL stage's reward per step).
 
 With the 135M embedded model as judge the win rates are expected near chance: the point of (b) is
 that the machinery runs end to end; (a) is what measures the training.
@@ -89,7 +90,7 @@ def _default_judge() -> Backend:
 
 def evaluate_stages(model_responses: dict[str, list[str]], rows: list[dict], judge_backend: Backend | None,
                     out_dir: str | os.PathLike, *, max_pairs: int = 40, judge_config: JudgeConfig = DEMO_JUDGE,
-                    cache: bool = True) -> dict:
+                    cache: bool = True, curves: Sequence[dict] = ()) -> dict:
     """Score every stage's responses to `rows` and judge each later stage against "base"; write the report.
 
     `judge_backend` None loads the embedded model. Judge calls go through the SQLite cache
@@ -131,19 +132,19 @@ def evaluate_stages(model_responses: dict[str, list[str]], rows: list[dict], jud
                "verifiable": verifiable, "win_rates": win_rates, "judgments": judgment_stats,
                "judge_cache": cache_stats}
     write_json_atomic(out / "evaluation.json", results)
-    html_path, _ = write_report(_report(results, list(model_responses)), out)
+    html_path, _ = write_report({**_report(results, list(model_responses)), "curves": list(curves)}, out)
     results["report"] = str(html_path)
     return results
 
 
 def _report(results: dict, stages: list[str]) -> dict:
     verifiable = results["verifiable"]
-    last = stages[-1]
     before_after = []
-    if last != BASE:
+    for last in stages:
+        if last == BASE:
+            continue
         for metric, pick in (("format following (demo check)", lambda r: r["format_following"]),
                              ("IFEval strict", lambda r: r["ifeval"]["prompt_strict"]),
-                             ("IFEval loose", lambda r: r["ifeval"]["prompt_loose"]),
                              ("answer mentioned", lambda r: r["answer_mentioned"])):
             before_after.append({"metric": f"{metric}: {BASE} -> {last}", "before": pick(verifiable[BASE]),
                                  "after": pick(verifiable[last]), "higher_is_better": True})

@@ -1,9 +1,14 @@
-"""The pipeline demo on the embedded model: SFT, then DPO, then evaluation, on held-out prompts.
+"""The pipeline demo on the embedded model: SFT, then DPO and GRPO from the SFT model, then evaluation.
 
 The demo teaches a verifiable behaviour (answer in the format the user asks for: a JSON object,
 capital letters, or a fixed closing phrase) with the project's own instruction and preference
 data, so each stage's figure is a measured fraction of held-out prompts, not an impression.
-The evaluation stage adds pairwise judgments through the judge machinery and an HTML report.
+
+SFT is kept short on purpose: the behaviour is easy, and a long SFT leaves nothing for the later
+stages to improve. The two preference stages start from the same SFT model, so they compare side by
+side: DPO learns from fixed pairs, GRPO from its own samples scored by the format check (the same
+check the held-out figure uses, on prompts it never sees there). The evaluation stage adds pairwise
+judgments through the judge machinery and an HTML report with the training curves.
 """
 from __future__ import annotations
 
@@ -19,12 +24,16 @@ from alignkit.demo.heldout import DEMO_DATA, load_heldout, score
 class DemoConfig:
     out_dir: str = "runs/demo"
     model: str = "embedded"
-    sft_steps: int = 120
+    sft_steps: int = 10
     batch_size: int = 8
     lr: float = 1e-4
     dpo_steps: int = 30
     dpo_lr: float = 5e-6
     dpo_beta: float = 0.1
+    grpo_steps: int = 12
+    grpo_lr: float = 5e-6
+    grpo_prompts: int = 8  # prompts per rollout
+    grpo_group: int = 4  # samples per prompt
     max_new_tokens: int = 48
     heldout_limit: int = 0
     judge_pairs: int = 24  # held-out prompts judged pairwise per stage (both orders)
@@ -32,11 +41,11 @@ class DemoConfig:
     def validate(self, where: str = "") -> None:
         from alignkit.config import require_number
 
-        for key in ("sft_steps", "dpo_steps", "batch_size", "max_new_tokens"):
+        for key in ("sft_steps", "dpo_steps", "batch_size", "max_new_tokens", "grpo_prompts", "grpo_group"):
             require_number(where, key, getattr(self, key), low=1, whole=True)
-        for key in ("heldout_limit", "judge_pairs"):
+        for key in ("heldout_limit", "judge_pairs", "grpo_steps"):
             require_number(where, key, getattr(self, key), low=0, whole=True)
-        for key in ("lr", "dpo_lr", "dpo_beta"):
+        for key in ("lr", "dpo_lr", "dpo_beta", "grpo_lr"):
             require_number(where, key, getattr(self, key), low=0, low_open=True)
 
 
@@ -57,6 +66,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.demo.evaluation_stage import evaluate_stages
     from alignkit.models.config import ModelConfig
     from alignkit.models.loading import load_model
+    from alignkit.rewards.spec import RewardSpec
+    from alignkit.rl.rollout import RolloutConfig
+    from alignkit.rl.run import RLConfig, run_rl
     from alignkit.training.config import TrainConfig
     from alignkit.training.pref_run import PrefConfig, PrefDataConfig, run_pref
     from alignkit.training.sft import SFTConfig, SFTDataConfig, run_sft
@@ -89,9 +101,26 @@ def run_demo(cfg: DemoConfig) -> dict:
                           batch_size=cfg.batch_size, lr=cfg.dpo_lr, warmup_steps=5, precision="bf16",
                           resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
     responses["dpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after DPO")
+    trained = {"sft": sft, "dpo": dpo}
+
+    if cfg.grpo_steps:
+        sft_final = os.path.join(cfg.out_dir, "sft", "final")
+        print(f"[demo] GRPO from the SFT model: {cfg.grpo_steps} steps of {cfg.grpo_prompts} prompts x "
+              f"{cfg.grpo_group} samples, reward: the format check", flush=True)
+        model, _ = load_model(sft_final)
+        trained["grpo"] = run_rl(RLConfig(
+            algo="grpo", model=ModelConfig(name=sft_final),
+            prompts=[DataSpec(str(DEMO_DATA / "sft_train.jsonl"))], rewards=[RewardSpec(kind="format")],
+            rollout=RolloutConfig(prompts_per_step=cfg.grpo_prompts, group_size=cfg.grpo_group,
+                                  max_tokens=cfg.max_new_tokens, temperature=1.0, seed=0),
+            train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "grpo"), max_steps=cfg.grpo_steps,
+                              lr=cfg.grpo_lr, warmup_steps=0, precision="bf16", resume="none",
+                              if_exists="overwrite", seed=0),
+            samples_per_step=2), model=model, tokenizer=tok)
+        responses["grpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after GRPO")
 
     results = {stage: score(rows, resp) for stage, resp in responses.items()}
-    results["training"] = {name: _summary(r) for name, r in (("sft", sft), ("dpo", dpo))}
+    results["training"] = {name: _summary(r) for name, r in trained.items()}
     write_jsonl_atomic(os.path.join(cfg.out_dir, "responses.jsonl"),
                        ({"prompt": row["messages"][0]["content"], "format": row["format"],
                          **{stage: resp[i] for stage, resp in responses.items()}} for i, row in enumerate(rows)))
@@ -99,7 +128,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     print("[demo] evaluation: verifiable checks, pairwise judgments against the base model, HTML report", flush=True)
     # the judge is the embedded model itself: near chance at 135M, but it exercises the whole machinery
     results["evaluation"] = evaluate_stages(responses, rows, None, os.path.join(cfg.out_dir, "evaluation"),
-                                            max_pairs=cfg.judge_pairs)
+                                            max_pairs=cfg.judge_pairs, curves=training_curves(trained))
     results["seconds"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results, allow_nan=True)
     _print_table(results)
@@ -107,13 +136,32 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _summary(result) -> dict:
-    return {"steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 1),
-            "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
-            "first_loss": result.history[0]["loss"], "final_loss": result.history[-1]["loss"]}
+    summary = {"steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 1),
+               "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1),
+               "first_loss": result.history[0]["loss"], "final_loss": result.history[-1]["loss"]}
+    if "reward_mean" in result.history[0]:
+        summary.update(first_reward=result.history[0]["reward_mean"], final_reward=result.history[-1]["reward_mean"],
+                       gen_tokens_per_s=round(sum(r["gen_tokens_per_s"] for r in result.history) / len(result.history), 1))
+    return summary
+
+
+def training_curves(trained: dict) -> list[dict]:
+    """The report's curves: each stage's loss per step, and the reward of the RL stage's samples per step."""
+    curves = [{"title": "Training loss per step", "x_label": "step", "y_label": "loss",
+               "series": [{"name": name, "x": [r["step"] for r in result.history],
+                           "y": [r["loss"] for r in result.history]} for name, result in trained.items()]}]
+    rewarded = {name: result for name, result in trained.items() if "reward_mean" in result.history[0]}
+    if rewarded:
+        curves.append({"title": "Mean reward of the policy's samples per step (format check, temperature 1)",
+                       "x_label": "step", "y_label": "reward",
+                       "series": [{"name": name, "x": [r["step"] for r in result.history],
+                                   "y": [r["reward_mean"] for r in result.history]}
+                                  for name, result in rewarded.items()]})
+    return curves
 
 
 def _print_table(results: dict) -> None:
-    stages = [k for k in ("base", "sft", "dpo") if k in results]
+    stages = [k for k in ("base", "sft", "dpo", "grpo") if k in results]
     formats = list(results["base"]["per_format"])
     print("\n[demo] held-out prompts following the requested format")
     print(f"{'stage':<8}{'overall':>9}" + "".join(f"{f:>9}" for f in formats) + f"{'answer':>9}")
@@ -122,7 +170,8 @@ def _print_table(results: dict) -> None:
         print(f"{s:<8}{r['format_following']:>9.2f}" + "".join(f"{r['per_format'][f]:>9.2f}" for f in formats)
               + f"{r['answer_mentioned']:>9.2f}")
     for name, t in results["training"].items():
-        print(f"[demo] {name}: {t['steps']} steps, loss {t['first_loss']:.3f} -> {t['final_loss']:.3f}, "
+        reward = f", sampled reward {t['first_reward']:.2f} -> {t['final_reward']:.2f}" if "first_reward" in t else ""
+        print(f"[demo] {name}: {t['steps']} steps, loss {t['first_loss']:.3f} -> {t['final_loss']:.3f}{reward}, "
               f"{t['tokens_per_s']:.0f} tok/s")
     report = results.get("evaluation", {}).get("report")
     if report:

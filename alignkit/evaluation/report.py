@@ -32,6 +32,9 @@ entry are kept in the JSON file but not drawn.
     "ifeval": [{"model": str, "prompt_strict": rate, "prompt_loose": rate,
                 "instruction_strict": rate, "instruction_loose": rate, "n_prompts": int?}]
     "before_after": [{"metric": str, "before": number, "after": number, "higher_is_better": bool?}]
+    "curves": [                                           one line chart per entry (e.g. reward per step)
+        {"title": str, "x_label": str, "y_label": str,
+         "series": [{"name": str, "x": [number], "y": [number]}]}]
     "tables": [{"title": str, "columns": [str], "rows": [[str | number | bool | null]]}]
 
 Histogram bins are the integers scale_min..scale_max; a score goes to the nearest one.
@@ -45,10 +48,10 @@ from typing import Any, Callable
 
 from alignkit.atomic_write import write_json_atomic, write_text_atomic
 from alignkit.evaluation.report_charts import (PALETTE, Mark, Row, esc, histogram, horizontal_chart, html_table,
-                                               num, pct, scatter, shorten)
+                                               line_chart, num, pct, scatter, shorten)
 
 SECTIONS = ("win_rates", "leaderboard", "score_distributions", "score_vs_length", "strategy_comparison",
-            "ifeval", "before_after", "tables")
+            "ifeval", "before_after", "curves", "tables")
 TOP_LEVEL = ("title", "meta") + SECTIONS
 FORMAT_VERSION = 1
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -173,6 +176,8 @@ def _validate(results: dict[str, Any]) -> None:
     for i, entry in enumerate(_check_list(results.get("before_after", []), "results['before_after']")):
         _check_fields(entry, {"metric": "str", "before": "number", "after": "number", "higher_is_better": "bool?"},
                       f"results['before_after'][{i}]")
+    for i, curve in enumerate(_check_list(results.get("curves", []), "results['curves']")):
+        _validate_curve(curve, f"results['curves'][{i}]")
     for i, table in enumerate(_check_list(results.get("tables", []), "results['tables']")):
         where = f"results['tables'][{i}]"
         _check_fields(table, {"title": "str", "columns": "list", "rows": "list"}, where)
@@ -209,12 +214,24 @@ def _validate_leaderboard(board: Any) -> None:
 def _validate_scatter(section: Any) -> None:
     where = "results['score_vs_length']"
     _check_fields(section, {"length_unit": "str?", "series": "list"}, where)
-    for i, series in enumerate(section["series"]):
+    _validate_xy_series(section["series"], where, "model", "lengths", "scores")
+
+
+def _validate_curve(curve: Any, where: str) -> None:
+    _check_fields(curve, {"title": "str", "x_label": "str", "y_label": "str", "series": "list"}, where)
+    if not curve["series"]:
+        raise ReportError(f"{where}['series']: no series")
+    _validate_xy_series(curve["series"], where, "name", "x", "y")
+
+
+def _validate_xy_series(series_list: list, where: str, name_key: str, x_key: str, y_key: str) -> None:
+    """Each series: a name and two lists of numbers of one length (non-finite ones _to_plain refused)."""
+    for i, series in enumerate(series_list):
         at = f"{where}['series'][{i}]"
-        _check_fields(series, {"model": "str", "lengths": "list", "scores": "list"}, at)
-        if len(series["lengths"]) != len(series["scores"]):
-            raise ReportError(f"{at}: {len(series['lengths'])} lengths but {len(series['scores'])} scores")
-        for name in ("lengths", "scores"):
+        _check_fields(series, {name_key: "str", x_key: "list", y_key: "list"}, at)
+        if len(series[x_key]) != len(series[y_key]):
+            raise ReportError(f"{at}: {len(series[x_key])} values in '{x_key}' but {len(series[y_key])} in '{y_key}'")
+        for name in (x_key, y_key):
             for j, value in enumerate(series[name]):
                 if not _is_number(value):
                     raise ReportError(f"{at}['{name}'][{j}]: expected a number, got {value!r}")
@@ -393,6 +410,12 @@ def _before_after_section(entries: list[dict[str, Any]]) -> str:
                     "Bars are scaled per metric to its larger value; the table has the numbers.")
 
 
+def _curves_section(curves: list[dict[str, Any]]) -> str:
+    parts = [f"<h3>{esc(c['title'])}</h3>" + line_chart(c["series"], c["x_label"], c["y_label"], c["title"])
+             for c in curves]
+    return _section("curves", "Curves", "".join(parts))
+
+
 def _tables_section(tables: list[dict[str, Any]]) -> str:
     parts = []
     for t in tables:
@@ -409,6 +432,7 @@ _RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "strategy_comparison": ("Judge strategies", _strategy_section),
     "ifeval": ("IFEval", _ifeval_section),
     "before_after": ("Before/after", _before_after_section),
+    "curves": ("Curves", _curves_section),
     "tables": ("Tables", _tables_section),
 }
 

@@ -165,16 +165,17 @@ def histogram(title: str, bins: list[int], counts: list[int], y_max: int, colour
     return _svg("histogram", width, height, body, f"score histogram: {title}")
 
 
-def scatter(series: list[dict[str, Any]], x_label: str) -> str:
+def _plot_frame(xs: list[float], ys: list[float], names: list[str], x_label: str, y_label: str):
+    """Axes, grid, ticks, labels and legend of an x/y plot: (body, x scale, y scale). The x axis starts at
+    0 when the data are positive; the y axis pads the data's range by 5% on both sides."""
     width, height, left, right, top, bottom = 760.0, 380.0, 54.0, 16.0, 30.0, 44.0
-    xs = [v for s in series for v in s["lengths"]] or [0.0]
-    ys = [v for s in series for v in s["scores"]] or [0.0]
+    xs, ys = xs or [0.0], ys or [0.0]
     x_domain = (min(0.0, min(xs)), max(xs) if max(xs) > min(0.0, min(xs)) else 1.0)
     y_pad = (max(ys) - min(ys)) * 0.05 or 0.5
     y_domain = (min(ys) - y_pad, max(ys) + y_pad)
     x = _linear(*x_domain, left, width - right)
     y = _linear(*y_domain, height - bottom, top)
-    body = _legend([s["model"] for s in series], left, 16)
+    body = _legend(names, left, 16)
     for tick in _ticks(*x_domain):
         body.append(f'<line class="grid" x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top}" y2="{height - bottom}"/>'
                     f'<text x="{x(tick):.1f}" y="{height - bottom + 15}" text-anchor="middle">{num(tick)}</text>')
@@ -185,10 +186,30 @@ def scatter(series: list[dict[str, Any]], x_label: str) -> str:
                 f'<line class="axis" x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}"/>'
                 f'<text x="{(left + width - right) / 2:.1f}" y="{height - 8}" text-anchor="middle">{esc(x_label)}</text>'
                 f'<text x="14" y="{(top + height - bottom) / 2:.1f}" text-anchor="middle" '
-                f'transform="rotate(-90 14 {(top + height - bottom) / 2:.1f})">score</text>')
+                f'transform="rotate(-90 14 {(top + height - bottom) / 2:.1f})">{esc(y_label)}</text>')
+    return body, x, y, (width, height)
+
+
+def scatter(series: list[dict[str, Any]], x_label: str) -> str:
+    body, x, y, size = _plot_frame([v for s in series for v in s["lengths"]], [v for s in series for v in s["scores"]],
+                                   [s["model"] for s in series], x_label, "score")
     for i, s in enumerate(series):
         colour = PALETTE[i % len(PALETTE)]
         for length, score in zip(s["lengths"], s["scores"]):
             body.append(f'<circle class="point" cx="{x(length):.1f}" cy="{y(score):.1f}" r="3.5" fill="{colour}">'
                         f'<title>{esc(s["model"])}: length {num(length)}, score {num(score)}</title></circle>')
-    return _svg("scatter", width, height, body, "score against response length")
+    return _svg("scatter", *size, body, "score against response length")
+
+
+def line_chart(series: list[dict[str, Any]], x_label: str, y_label: str, label: str) -> str:
+    """One line per series ({"name", "x", "y"}), points in the order given, each point with a tooltip."""
+    body, x, y, size = _plot_frame([v for s in series for v in s["x"]], [v for s in series for v in s["y"]],
+                                   [s["name"] for s in series], x_label, y_label)
+    for i, s in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        points = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in zip(s["x"], s["y"]))
+        body.append(f'<polyline class="curve" fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        for a, b in zip(s["x"], s["y"]):
+            body.append(f'<circle class="point" cx="{x(a):.1f}" cy="{y(b):.1f}" r="2.5" fill="{colour}">'
+                        f'<title>{esc(s["name"])}: {esc(x_label)} {num(a)}, {esc(y_label)} {num(b)}</title></circle>')
+    return _svg("curve", *size, body, label)

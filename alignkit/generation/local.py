@@ -8,6 +8,9 @@ Prompts are sorted by length into batches (less padding), padded on the left and
 * `_SeededSampler` draws each row with the row's own random generator, so a seeded prompt
   samples the same text whatever other prompts share its batch.
 
+When a batch holds several samples of one prompt (n > 1), the prompt's forward pass runs once and
+its KV cache is copied to each of them (`_shared_prompt_cache`).
+
 `top_logprobs` are those of the model's own distribution (before temperature and top-k/top-p),
 like vLLM's default. In each `top_logprobs` dict the first entry is the token that was generated;
 the others are the `params.logprobs` most likely tokens. With `params.return_tokens`, a completion
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import random
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -136,17 +140,28 @@ def _warpers(params: SamplingParams) -> list[LogitsProcessor]:
 
 
 class _SeededSampler(LogitsProcessor):
-    """Samples every row with its own generator, then forces greedy decoding to pick that token."""
+    """Samples every row from its own random stream, then forces greedy decoding to pick that token.
 
-    def __init__(self, generators: list[torch.Generator]):
-        self.generators = generators
+    Inverse-transform sampling: one uniform number per row and step, looked up in the row's cumulative
+    distribution. A row's tokens depend on its seed alone, whatever shares its batch, and the whole batch
+    is searched at once: torch.multinomial with a generator per row drew one exponential per vocabulary
+    entry, row after row, which cost more than a small model's decode step on CPU. The uniforms are
+    float64, finer than the float32 sums, so no token's share of the sums is too small to be drawn.
+    """
+
+    def __init__(self, seeds: list[int]):
+        self.streams = [random.Random(seed) for seed in seeds]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        probs = torch.softmax(scores.float(), dim=-1)
-        picks = torch.cat([torch.multinomial(probs[row], 1, generator=generator)
-                           for row, generator in enumerate(self.generators)])
+        cumulative = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1).double()
+        total = cumulative[:, -1:]
+        uniforms = torch.tensor([[stream.random()] for stream in self.streams], dtype=torch.float64,
+                                device=scores.device)
+        # Strictly below the total, so the first sum above it is always a token of non-zero probability.
+        targets = torch.minimum(uniforms * total, torch.nextafter(total, torch.zeros_like(total)))
+        picks = torch.searchsorted(cumulative, targets, right=True)
         forced = torch.full_like(scores, float("-inf"))
-        forced.scatter_(1, picks.unsqueeze(1), 0.0)
+        forced.scatter_(1, picks, 0.0)
         return forced
 
 
@@ -290,17 +305,19 @@ class LocalBackend:
             drawn = _LogprobRecorder(0)  # after the warpers: what the sampler below draws from
             processors.append(drawn)
         if params.temperature > 0:
-            generators = [torch.Generator(device=self.device).manual_seed(row.seed) for row in rows]
-            processors.append(_SeededSampler(generators))
+            processors.append(_SeededSampler([row.seed for row in rows]))
 
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        shared = self._shared_prompt_cache(rows, input_ids, attention_mask)
         # Greedy decoding throughout; sampling happens inside _SeededSampler. The penalties are
         # pinned because a model's generation_config would otherwise fill them in.
         sequences = self.model.generate(
-            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+            input_ids=input_ids, attention_mask=attention_mask,
             max_new_tokens=params.max_tokens, do_sample=False, num_beams=1,
             repetition_penalty=1.0, no_repeat_ngram_size=0,
             pad_token_id=self._pad_id, eos_token_id=stop_list,
-            logits_processor=processors, stopping_criteria=StoppingCriteriaList([tracker]))
+            logits_processor=processors, stopping_criteria=StoppingCriteriaList([tracker]),
+            **({"past_key_values": shared} if shared is not None else {}))
         generated = sequences[:, width:]
         ended_at = tracker.ended_at.tolist() if tracker.ended_at is not None else [-1] * len(rows)
         chosen, top = recorder.per_row(generated) if recorder is not None else (None, None)
@@ -314,6 +331,31 @@ class LocalBackend:
                 top_logprobs=top[r][:end] if top is not None else None,
                 drawn_logprobs=drawn_logprobs[r][:end] if drawn_logprobs is not None else None))
         return outputs
+
+    def _shared_prompt_cache(self, rows: list[_Row], input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """When rows repeat a prompt (n samples of it), the KV cache of the batch's prompts but their last
+        column, computed once per distinct prompt and copied to each of its rows; else None.
+
+        generate then runs only the last prompt token and the new ones. The n samples of a prompt would
+        otherwise each pay the prompt's forward pass, a large share of sampling a GRPO group on CPU.
+        Positions are those generate gives left-padded rows, so the cache is the one it would build.
+        """
+        first_row: dict[tuple[int, ...], int] = {}
+        for r, row in enumerate(rows):
+            first_row.setdefault(tuple(row.prompt_ids), r)
+        if len(first_row) == len(rows) or input_ids.shape[1] < 2:
+            return None
+        distinct = list(first_row.values())
+        ids, mask = input_ids[distinct, :-1], attention_mask[distinct, :-1]
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        only_last = {"logits_to_keep": 1} if getattr(self.model, "_supports_logits_to_keep", lambda: False)() else {}
+        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                           **only_last).past_key_values
+        if not hasattr(cache, "batch_select_indices"):  # a model with a cache of its own kind: no sharing
+            return None
+        slot = {key: k for k, key in enumerate(first_row)}
+        cache.batch_select_indices(torch.tensor([slot[tuple(row.prompt_ids)] for row in rows], device=ids.device))
+        return cache
 
     # ----- outputs -----
 

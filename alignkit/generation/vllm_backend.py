@@ -10,17 +10,34 @@ With `params.return_tokens`, `token_ids` are always vLLM's sampled ids. `logprob
 log-probs vLLM reports for them, filled only where those are what `Completion.logprobs` means
 (`samples_from_model_distribution`: greedy, or temperature 1 without top-k/top-p), since which
 distribution vLLM reports depends on its version and engine options; otherwise None, and a
-trainer recomputes them.
+trainer recomputes them. An engine built with `logprobs_mode="processed_logprobs"` (vLLM >= 0.10.2)
+reports the distribution each token was drawn from (after temperature, top-k and top-p), so then they
+are filled for every setting.
+
+Online RL samples through `complete_ids` (prompts as token ids, so the trainer scores exactly what was
+sampled from, one seed per sample as LocalBackend derives them) and updates the engine in place with
+`push_weights`, which needs the engine in this process (see ENGINE_NOT_IN_PROCESS).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import importlib.util
+import sys
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
                                          check_sampling_params, samples_from_model_distribution)
 
+if TYPE_CHECKING:
+    import torch
 
-def _import_vllm():
+MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+ENGINE_NOT_IN_PROCESS = (
+    f"the vLLM engine's model is not in this process, so new weights cannot be loaded into it: vLLM's V1 engine "
+    f"runs in a separate process unless {MULTIPROCESSING_ENV}=0. Set it in the environment before starting "
+    f"(export {MULTIPROCESSING_ENV}=0)")
+
+
+def import_vllm():
     try:
         import vllm
     except ImportError as error:
@@ -29,14 +46,26 @@ def _import_vllm():
     return vllm
 
 
+def vllm_installed() -> bool:
+    """Whether `import vllm` would find a package, found without importing it (which takes seconds)."""
+    if "vllm" in sys.modules:
+        return sys.modules["vllm"] is not None
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class VLLMBackend:
     """`Backend` over `vllm.LLM`; extra keyword arguments go to `vllm.LLM` unchanged."""
 
     def __init__(self, model_path: str, *, model_id: str | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, use_tqdm: bool = False, **engine_options: Any):
-        vllm = _import_vllm()
+        vllm = import_vllm()
         self._sampling_params_class = vllm.SamplingParams
+        # The sampled tokens' log-probs are those of the distribution drawn from, whatever the settings.
+        self._drawn_logprobs = engine_options.get("logprobs_mode") == "processed_logprobs"
         self.llm = vllm.LLM(model=model_path, tokenizer=tokenizer, dtype=dtype,
                             tensor_parallel_size=tensor_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -59,18 +88,66 @@ class VLLMBackend:
         outputs = self.llm.generate(list(prompts), self._vllm_params(params), use_tqdm=self.use_tqdm)
         return [self._completions(output, params) for output in outputs]
 
-    def _vllm_params(self, params: SamplingParams):
+    def complete_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        """Continuations of prompts given as token ids, generated from exactly those ids (no template or
+        tokenizer in between). With `params.seed` each sample is its own request seeded as LocalBackend seeds
+        its rows (from the seed, the prompt's ids and the sample's index), so a sample does not depend on
+        what else the call holds; without it vLLM draws `n` per prompt."""
+        from alignkit.generation.local import _row_seed
+
+        prompt_ids = [[int(t) for t in ids] for ids in prompt_ids]
+        for index, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"prompt {index}: no token ids")
+        if params.seed is None:
+            per_prompt, requests = 1, [({"prompt_token_ids": ids}, self._vllm_params(params)) for ids in prompt_ids]
+        else:
+            per_prompt = params.n
+            requests = [({"prompt_token_ids": ids}, self._vllm_params(params, n=1, seed=_row_seed(params.seed, ids, j)))
+                        for ids in prompt_ids for j in range(params.n)]
+        outputs = self.llm.generate([prompt for prompt, _ in requests], [p for _, p in requests],
+                                    use_tqdm=self.use_tqdm)
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
+        return [[c for output in outputs[i * per_prompt:(i + 1) * per_prompt]
+                 for c in self._completions(output, params)] for i in range(len(prompt_ids))]
+
+    def engine_model(self) -> torch.nn.Module:
+        """The engine's torch model, when the engine runs in this process (as vLLM 0.10-0.11 lay it out);
+        else ValueError(ENGINE_NOT_IN_PROCESS): a setting to change, reported in one line by the CLI."""
+        try:
+            return self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        except AttributeError:
+            raise ValueError(ENGINE_NOT_IN_PROCESS) from None
+
+    def push_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Load weights into the running engine, one tensor at a time (names as in the Hugging Face checkpoint
+        it started from), then drop its prefix cache, whose KV entries the old weights computed. Returns how
+        many tensors were loaded."""
+        model = self.engine_model()
+        count = 0
+        for name, tensor in named_tensors:
+            model.load_weights([(name, tensor)])
+            count += 1
+        self.llm.reset_prefix_cache()
+        return count
+
+    def _vllm_params(self, params: SamplingParams, *, n: int | None = None, seed: int | None = None):
         check_sampling_params(params)
         logprobs = params.logprobs
-        if logprobs is None and params.return_tokens and samples_from_model_distribution(params):
+        if logprobs is None and params.return_tokens and self._reports_drawn_logprobs(params):
             logprobs = 0  # the sampled token's log-prob alone: all that Completion.logprobs needs
         return self._sampling_params_class(
-            n=params.n, temperature=params.temperature, top_p=params.top_p,
+            n=params.n if n is None else n, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1,  # -1 disables top-k in every vLLM version
-            seed=params.seed, stop=list(params.stop), max_tokens=params.max_tokens, logprobs=logprobs)
+            seed=params.seed if seed is None else seed, stop=list(params.stop), max_tokens=params.max_tokens,
+            logprobs=logprobs)
 
-    @staticmethod
-    def _completions(output, params: SamplingParams) -> list[Completion]:
+    def _reports_drawn_logprobs(self, params: SamplingParams) -> bool:
+        """Whether the log-probs vLLM reports are those `Completion.logprobs` means."""
+        return self._drawn_logprobs or samples_from_model_distribution(params)
+
+    def _completions(self, output, params: SamplingParams) -> list[Completion]:
         completions = []
         for sample in output.outputs:
             finish_reason, error = sample.finish_reason, None
@@ -81,7 +158,7 @@ class VLLMBackend:
                 top = [_logprob_entry(token_id, step) for token_id, step in zip(sample.token_ids, sample.logprobs)]
             if params.return_tokens:
                 token_ids = list(sample.token_ids)
-                if sample.logprobs is not None and samples_from_model_distribution(params):
+                if sample.logprobs is not None and self._reports_drawn_logprobs(params):
                     chosen = [step[token_id].logprob for token_id, step in zip(sample.token_ids, sample.logprobs)]
             completions.append(Completion(text=sample.text, finish_reason=finish_reason,
                                           prompt_tokens=len(output.prompt_token_ids or []),

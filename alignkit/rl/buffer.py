@@ -3,8 +3,9 @@
 A micro-batch is `pack([(prompt_ids + completion_ids, labels)])` with labels IGNORE on the prompt and
 the completion ids on the completion, so its target positions are exactly the completion tokens, in
 order, sequence after sequence. Per-token keys ([N], that order): old_logprobs, ref_logprobs (when a
-reference is used), seq_ids. Per-sequence keys ([S]): advantages, rewards, group_ids, completion_lens,
-truncated. `num_units` is the number of completion tokens (units="tokens") or sequences ("sequences").
+reference is used), seq_ids, and for PPO old_values, token_advantages and returns. Per-sequence keys
+([S]): advantages, rewards, group_ids, completion_lens, truncated. `num_units` is the number of
+completion tokens (units="tokens") or sequences ("sequences").
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from alignkit.data.chat import IGNORE
 from alignkit.data.packing import pack
 
 UNITS = ("tokens", "sequences")
+# The Sample fields served as per-token keys, each once every sample of the micro-batch has it.
+PER_TOKEN = ("old_logprobs", "ref_logprobs", "old_values", "token_advantages", "returns")
 
 
 @dataclass
@@ -32,7 +35,10 @@ class Sample:
     old_logprobs: torch.Tensor | None = None  # float32 [len(completion_ids)], training forward
     ref_logprobs: torch.Tensor | None = None
     reward: float = 0.0
-    advantage: float = 0.0
+    advantage: float = 0.0  # PPO: its first token's, the advantage of the whole completion
+    old_values: torch.Tensor | None = None  # PPO: float32 [len(completion_ids)], the critic's at rollout time
+    token_advantages: torch.Tensor | None = None  # PPO: GAE's, whitened when configured
+    returns: torch.Tensor | None = None  # PPO: the value targets, GAE's advantages + old values
     trained: bool = True  # False for a truncated sample under truncated=mask: it never reaches a loss
 
     def to_state(self) -> dict:
@@ -57,8 +63,9 @@ def shuffled_chunks(indices: Sequence[int], chunks: int, seed: int) -> list[list
     return [c for c in out if c]
 
 
-def micro_batch(samples: Sequence[Sample], *, units: str = "tokens") -> dict:
-    """The contract's micro-batch of `samples`, in the given order (log-prob keys only once computed)."""
+def micro_batch(samples: Sequence[Sample], *, units: str = "tokens", gen_logprobs: bool = False) -> dict:
+    """The contract's micro-batch of `samples`, in the given order (per-token keys only once computed).
+    `gen_logprobs` adds the sampler's own per-token log-probs (when every sample has them)."""
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, not {units!r}")
     sequences = [(s.prompt_ids + s.completion_ids, [IGNORE] * len(s.prompt_ids) + s.completion_ids)
@@ -74,14 +81,15 @@ def micro_batch(samples: Sequence[Sample], *, units: str = "tokens") -> dict:
         truncated=torch.tensor([s.truncated for s in samples], dtype=torch.bool),
         num_units=int(lens.sum()) if units == "tokens" else len(samples),
     )
-    if all(s.old_logprobs is not None for s in samples):
-        batch["old_logprobs"] = torch.cat([s.old_logprobs for s in samples]).float()
-    if all(s.ref_logprobs is not None for s in samples):
-        batch["ref_logprobs"] = torch.cat([s.ref_logprobs for s in samples]).float()
+    for key in PER_TOKEN:
+        if all(getattr(s, key) is not None for s in samples):
+            batch[key] = torch.cat([getattr(s, key) for s in samples]).float()
+    if gen_logprobs and all(s.gen_logprobs is not None for s in samples):
+        batch["gen_logprobs"] = torch.tensor([v for s in samples for v in s.gen_logprobs], dtype=torch.float32)
     return batch
 
 
-def scatter_logprobs(samples: Sequence[Sample], flat: torch.Tensor, attr: str) -> None:
+def scatter_tokens(samples: Sequence[Sample], flat: torch.Tensor, attr: str) -> None:
     """Split a micro-batch's [N] per-token values back onto its samples (in micro-batch order)."""
     offset = 0
     for s in samples:
@@ -89,4 +97,4 @@ def scatter_logprobs(samples: Sequence[Sample], flat: torch.Tensor, attr: str) -
         setattr(s, attr, flat[offset:offset + n].detach().float().cpu().clone())
         offset += n
     if offset != flat.numel():
-        raise ValueError(f"{flat.numel()} log-probs for {offset} completion tokens")
+        raise ValueError(f"{flat.numel()} values for {offset} completion tokens")

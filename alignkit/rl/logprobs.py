@@ -9,13 +9,17 @@ as the filter's cut moves).
 
 Greedy decoding (temperature 0) samples from no distribution; its log-probs are those of the model's
 own distribution, temperature 1, as `Completion.logprobs` reports them too (`loss_temperature`).
+
+`completion_outputs` is the forward under both: the logits at the completion positions and, from an
+`rl.value_head.ActorCritic`, the value estimates at the same positions, so the rollout source's old
+values and a loss's current ones come from one and the same computation.
 """
 from __future__ import annotations
 
 import torch
 
 from alignkit.data.packing import target_positions
-from alignkit.training.forward import packed_logits
+from alignkit.training.forward import packed_forward
 
 
 def loss_temperature(sampling_temperature: float) -> float:
@@ -36,13 +40,24 @@ def tempered_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperat
     return torch.log_softmax(scaled, dim=-1).gather(-1, safe).squeeze(-1)
 
 
-def completion_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """float32 [N] log-probs of the completion tokens of an RL micro-batch (its target positions, in
-    order), from one packed forward of `model`; differentiable unless called under no_grad."""
+def completion_outputs(model, batch: dict, *, values: bool = False, layout: str = "auto"
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(logits [N, V], completion tokens [N], values [N] float32 or None) of an RL micro-batch at its target
+    positions, in order, from one packed forward of `model` (in `layout`, training/forward.py); `values`
+    needs an ActorCritic (or a wrapper of one). Differentiable unless called under no_grad."""
     keep = target_positions(batch["targets"])
     device = next(iter(model.parameters())).device
     on_device = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
                  if k in ("input_ids", "position_ids")}
-    logits = packed_logits(model, on_device, keep.to(device))
+    out = packed_forward(model, on_device, keep.to(device), layout=layout,
+                         **({"return_values": True} if values else {}))
+    logits = out.logits[0]
     tokens = batch["targets"][0, keep].to(logits.device)
+    return logits, tokens, out.values[0] if values else None
+
+
+def completion_logprobs(model, batch: dict, temperature: float = 1.0, *, layout: str = "auto") -> torch.Tensor:
+    """float32 [N] log-probs of the completion tokens of an RL micro-batch (its target positions, in
+    order), from one packed forward of `model`; differentiable unless called under no_grad."""
+    logits, tokens, _ = completion_outputs(model, batch, layout=layout)
     return tempered_token_logprobs(logits, tokens, temperature)

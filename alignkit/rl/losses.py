@@ -171,24 +171,47 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor,
     return ValueTerms(0.5 * torch.max(plain, clipped), (clipped > plain).detach())
 
 
+# The sums explained variance is made of: additive over micro-batches and processes, unlike the ratio.
+EV_PARTS = ("ev_count", "ev_returns", "ev_returns_sq", "ev_errors", "ev_errors_sq")
+
+
+def explained_variance_parts(values: Tensor, returns: Tensor) -> dict[str, float]:
+    """Count, sum and sum of squares of the returns and of the errors R - V (float64), the pieces
+    `explained_variance_from_parts` needs: sum them over a step's micro-batches, or scale them all by
+    one number (the loop divides every metric by the step's units), and the ratio stays exact."""
+    returns = returns.detach().double()
+    errors = returns - values.detach().double()
+    pieces = (returns.numel(), returns.sum(), (returns * returns).sum(), errors.sum(), (errors * errors).sum())
+    return {name: float(p) for name, p in zip(EV_PARTS, pieces)}
+
+
+def explained_variance_from_parts(parts: dict[str, float]) -> float:
+    """1 - Var(R - V) / Var(R) from the (possibly summed, or uniformly scaled) parts; NaN when the returns
+    do not vary (or there are none)."""
+    count, r_sum, r_sq, e_sum, e_sq = (float(parts[name]) for name in EV_PARTS)
+    if count <= 0:
+        return float("nan")
+    var_r = r_sq / count - (r_sum / count) ** 2
+    if var_r <= 1e-12 * max(r_sq / count, 1e-30):  # rounding residue of a constant
+        return float("nan")
+    return 1.0 - (e_sq / count - (e_sum / count) ** 2) / var_r
+
+
 def explained_variance(values: Tensor, returns: Tensor) -> Tensor:
     """1 - Var(R - V) / Var(R) over a batch's tokens: 1 is a perfect value head, 0 no better than a
-    constant. NaN when the returns do not vary. A ratio, not additive: log it per batch, not summed."""
-    values, returns = values.detach().float(), returns.detach().float()
-    var_r = returns.var(unbiased=False)
-    if float(var_r) == 0.0:
-        return torch.tensor(float("nan"))
-    return 1 - (returns - values).var(unbiased=False) / var_r
+    constant. NaN when the returns do not vary. A ratio, not additive: to combine batches, sum their
+    `explained_variance_parts` instead."""
+    return torch.tensor(explained_variance_from_parts(explained_variance_parts(values, returns)))
 
 
-def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
-    """[K] entropy (nats) of each row of logits [K, V], as logsumexp(z) - sum softmax(z) z, taken a chunk
-    of rows at a time so only one chunk's float32 probabilities exist at once. Keeps the graph, so it
-    also serves an entropy bonus."""
+def entropy_from_logits(logits: Tensor, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:
+    """[K] entropy (nats) of each row of softmax(logits / temperature), logits [K, V], as logsumexp(z) -
+    sum softmax(z) z, taken a chunk of rows at a time so only one chunk's float32 probabilities exist at
+    once (and the tempered copy too). Keeps the graph, so it also serves an entropy bonus."""
     rows = logits.reshape(-1, logits.shape[-1])
     out = []
     for chunk in rows.split(chunk_size, dim=0):
-        z = chunk.float()
+        z = chunk.float() if temperature == 1.0 else chunk.float() / temperature
         out.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))
     if not out:
         return logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
@@ -197,4 +220,5 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024) -> Tensor:
 
 __all__ = ["AGGREGATIONS", "LEVELS", "AGGREGATION_UNITS", "Aggregated", "loss_units", "aggregate", "unit_sum",
            "ClipTerms", "clipped_surrogate", "gspo_log_ratio", "PolicyLoss", "policy_loss", "ValueTerms",
-           "clipped_value_loss", "explained_variance", "entropy_from_logits"]
+           "clipped_value_loss", "EV_PARTS", "explained_variance_parts", "explained_variance_from_parts",
+           "explained_variance", "entropy_from_logits"]

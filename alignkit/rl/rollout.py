@@ -3,11 +3,29 @@ scores them, and serves them to the training loop as micro-batches in the RL mic
 (alignkit/rl/buffer.py), several optimizer steps per rollout.
 
 Each time its buffer is used up it takes the next `prompts_per_step` prompts of a seeded prompt stream,
-samples `group_size` completions of each with the policy as it is now (LocalBackend, seeded from the
-run's seed and the step, so a rerun samples the same tokens), scores them with `reward_fn`, applies the
+samples `group_size` completions of each with the policy as it is now (seeded from the run's seed and the
+step, so a rerun samples the same tokens), scores them with `reward_fn`, applies the
 truncation policy, recomputes the old policy's log-probs (and the reference's) with a training forward,
-and computes advantages with `advantage_fn`. The buffer then serves `ppo_epochs` passes, each in a fresh
-seeded order, of `mini_batches` optimizer steps of (at most) `grad_accum` micro-batches each.
+and then computes advantages. The buffer then serves `ppo_epochs` passes, each in a fresh seeded order,
+of `mini_batches` optimizer steps of (at most) `grad_accum` micro-batches each.
+
+Advantages come after the log-probs, so the KL to the reference can be part of the reward (`reward_kl`):
+  * sequence level (GRPO, RLOO, REINFORCE): `advantage_fn(rewards [B], group_ids [B])` on the rewards,
+    minus coef x each sequence's summed per-token KL when the KL is in the reward (`kl_penalised_rewards`);
+  * token level (PPO, `gae`): the policy is an `rl.value_head.ActorCritic`, whose values at every completion
+    token come from the same forward as the old log-probs; the token rewards (`ppo_token_rewards`: the score
+    at the last completion token, -coef x the token's KL at every token when the KL is in the reward) go
+    through GAE to per-token advantages (whitened over the buffer's trained tokens) and returns.
+With the KL in the reward the coefficient is the KL controller's value at rollout time; the controller,
+which the objective owns and checkpoints, then takes the rollout's KL (per unit, as a loss would log it).
+Truncated samples count as ended: GAE does not bootstrap them from a value.
+
+Sampler (`backend`): `local` runs LocalBackend on the policy itself; `vllm` runs a vLLM engine in this
+process, started from the policy's weights at the first rollout and given the trained ones before every
+rollout that follows an optimizer step (rl/vllm_rollout.py). vLLM samples from the prompt token ids the
+training batch uses (data.chat.tokenize_prompt, as LocalBackend renders them), each sample with its own seed
+derived as LocalBackend derives them. Either way the old log-probs are the training forward's, below; vLLM's
+own (of the distribution it drew from) are `gen_logprobs`.
 
 Log-probs and temperature: the sampler reports log softmax(logits / T) after its top-k / top-p filter.
 The old (and reference) log-probs are recomputed here with `rl.logprobs.completion_logprobs` at the same
@@ -19,14 +37,22 @@ loop holds it (bf16 weights under precision=bf16). The sampler's own log-probs s
 `gen_logprobs`; `last_stats["sampler_logprob_gap"]` is their largest difference from the recomputed ones
 when the two are comparable (no top-k / top-p), a check that generation and training agree.
 
+When a rollout feeds exactly one optimizer step and nothing else needs them (no PPO values, no KL in the
+reward), the old log-probs are not recomputed (`recomputes_old_logprobs` False): the one update runs on
+the policy that sampled, so its own log-probs, detached, are the old ones (ratio 1, as TRL does with one
+iteration), and a forward over the whole rollout is saved. The micro-batches then carry the sampler's
+log-probs instead, and the objective logs the same gap check against the update's own log-probs.
+
 Truncated samples (no EOS or stop string within max_tokens): `keep` trains on them as they are;
 `penalty` replaces their reward with `truncation_reward`; `mask` gives them zero loss weight by leaving
-them out of every micro-batch (they still count in their group's reward statistics). When too few
-samples are left to fill one micro-batch per optimizer step, more prompts are sampled into the buffer.
+them out of every micro-batch (they still count in their group's reward statistics, with their KL when
+it is in the reward, so their log-probs are computed then too). When too few samples are left to fill
+one micro-batch per optimizer step, more prompts are sampled into the buffer.
 
 State: the prompt stream's position, the step of the last rollout (every seed derives from it), the
-position inside the buffer and the buffer itself, so a run interrupted mid-buffer resumes exactly.
-Runs in one process for now.
+position inside the buffer and the buffer itself, so a run interrupted mid-buffer resumes exactly. A vLLM
+engine is not state: after a resume the first rollout starts one from the restored weights. Runs in one
+process for now; `close()` drops the engine.
 """
 from __future__ import annotations
 
@@ -40,24 +66,33 @@ from dataclasses import dataclass
 import torch
 
 from alignkit.data.chat import tokenize_prompt
+from alignkit.data.packing import target_positions
 from alignkit.generation.backend import SamplingParams, check_sampling_params
 from alignkit.generation.local import LocalBackend
 from alignkit.models.lora import is_peft
-from alignkit.rl.advantages import grpo_advantages
+from alignkit.rewards.interface import Sample as RewardSample
+from alignkit.rl.advantages import gae, grpo_advantages, kl_penalised_rewards, ppo_token_rewards, whiten
 from alignkit.rl.buffer import (
     UNITS,
     Sample,
     micro_batch,
-    scatter_logprobs,
+    scatter_tokens,
     shuffled_chunks,
 )
-from alignkit.rl.logprobs import completion_logprobs, loss_temperature
+from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController, token_kl
+from alignkit.rl.logprobs import completion_logprobs, completion_outputs, loss_temperature, tempered_token_logprobs
 from alignkit.rl.prompts import PromptStream, as_rl_prompts
+from alignkit.rl.value_head import is_actor_critic, unwrap_policy
+from alignkit.rl.vllm_rollout import VLLMSampler
 from alignkit.training.distributed import rank_world
+from alignkit.training.forward import choose_layout
 from alignkit.training.reference import reference_mode
 
 TRUNCATED = ("keep", "mask", "penalty")
-RewardFn = Callable[[list[tuple[list[dict], str, dict]]], Sequence[float]]
+BACKENDS = ("local", "vllm")
+# Gets one rewards.interface.Sample per completion (prompt messages, completion text, the prompt record's
+# other fields, and the number of tokens generated, EOS included), returns one reward each.
+RewardFn = Callable[[list[RewardSample]], Sequence[float]]
 AdvantageFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -80,6 +115,9 @@ class RolloutConfig:
     gen_batch_size: int = 16  # sequences decoded together
     shuffle_prompts: bool = True
     max_resamples: int = 8  # extra rollouts allowed when truncated=mask leaves too few samples
+    backend: str = "local"  # local (transformers, on the policy itself) | vllm (an engine in this process)
+    gpu_memory_utilization: float = 0.3  # vllm: the share of GPU memory the engine takes (training uses the rest)
+    max_model_len: int = 0  # vllm: the longest prompt + completion the engine serves; 0: the model's own limit
 
     def __post_init__(self) -> None:
         self.stop = tuple(self.stop)
@@ -90,6 +128,13 @@ class RolloutConfig:
             raise ValueError(f"rollout.truncated must be one of {', '.join(TRUNCATED)}, not {self.truncated!r}")
         if self.units not in UNITS:
             raise ValueError(f"rollout.units must be one of {', '.join(UNITS)}, not {self.units!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"rollout.backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len < 0 or 0 < self.max_model_len <= self.max_tokens:
+            raise ValueError(f"rollout.max_model_len must be 0 (the model's limit) or more than rollout.max_tokens "
+                             f"({self.max_tokens}), got {self.max_model_len}")
         if self.prompts_per_step * self.group_size < self.mini_batches:
             raise ValueError(f"prompts_per_step x group_size ({self.prompts_per_step * self.group_size}) samples "
                              f"cannot fill mini_batches={self.mini_batches} optimizer steps")
@@ -98,6 +143,31 @@ class RolloutConfig:
     def sampling_params(self, seed: int) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                               top_k=self.top_k, n=self.group_size, seed=seed, stop=self.stop, return_tokens=True)
+
+
+@dataclass
+class GAEConfig:
+    """PPO's per-token advantages: generalised advantage estimation with the critic's values."""
+    gamma: float = 1.0  # discount per token
+    lam: float = 0.95  # GAE's lambda: 1 is the Monte Carlo return minus the value, 0 the one-step TD error
+    whiten: bool = True  # normalise the advantages over the buffer's trained tokens
+
+
+@dataclass
+class RewardKL:
+    """The KL to the reference inside the reward, -controller.value x the per-token `estimator` (k1, as TRL's
+    PPO and RLOO). `controller` is the objective's own, so its state is checkpointed with the objective."""
+    controller: FixedKLController | AdaptiveKLController
+    estimator: str = "k1"
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
+
+
+def seq_ids_of(lengths: Sequence[int]) -> torch.Tensor:
+    """[N] sequence index of each token of sequences of these lengths, back to back."""
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(list(lengths), dtype=torch.long))
 
 
 def derived_seed(*parts: int) -> int:
@@ -118,28 +188,42 @@ def _scoring(model):
 
 
 class RolloutSource:
-    """A BatchSource sampling from the policy. `reward_fn(samples) -> rewards` gets (prompt messages,
-    completion text, prompt metadata) triples; `advantage_fn(rewards [B], group_ids [B]) -> [B]` defaults
-    to GRPO's group normalisation; `reference` is None (no ref_logprobs), "adapter" (the policy with its
-    LoRA adapter off) or a frozen model, run as it is (give it the precision training computes in)."""
+    """A BatchSource sampling from the policy. `reward_fn(samples) -> rewards` gets a rewards.interface.Sample
+    per completion (see RewardFn); `advantage_fn(rewards [B], group_ids [B]) -> [B]` defaults
+    to GRPO's group normalisation; `gae` instead gives PPO's per-token advantages (the model is then an
+    ActorCritic); `reward_kl` puts the KL to the reference in the reward; `reference` is None (no
+    ref_logprobs), "adapter" (the policy with its LoRA adapter off) or a frozen model, run as it is (give
+    it the precision training computes in)."""
 
     def __init__(self, prompts: Sequence, tokenizer, reward_fn: RewardFn, config: RolloutConfig | None = None, *,
-                 advantage_fn: AdvantageFn | None = None, reference=None):
+                 advantage_fn: AdvantageFn | None = None, reference=None, gae: GAEConfig | None = None,
+                 reward_kl: RewardKL | None = None):
         if rank_world()[1] > 1:
             raise NotImplementedError("RolloutSource runs in a single process for now")
         if isinstance(reference, str) and reference != "adapter":
             raise ValueError(f"reference must be None, 'adapter' or a model, not {reference!r}")
+        if gae is not None and advantage_fn is not None:
+            raise ValueError("give advantage_fn (sequence advantages) or gae (per-token ones), not both")
+        if reward_kl is not None and reference is None:
+            raise ValueError("reward_kl needs a reference model to measure the KL against")
         self.prompts = as_rl_prompts(prompts)
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.config = config or RolloutConfig()
         self.advantage_fn = advantage_fn or grpo_advantages
         self.reference = reference
+        self.gae, self.reward_kl = gae, reward_kl
+        cfg = self.config
+        self.recomputes_old_logprobs = not (cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and gae is None
+                                            and reward_kl is None)
         self.stream = PromptStream(len(self.prompts), self.config.seed, shuffle=self.config.shuffle_prompts)
         self.buffer: list[Sample] | None = None
         self.used = 0  # optimizer steps served from the current buffer
         self.rollout_step = -1  # the step the current buffer was sampled at
         self.rollouts = 0
         self.last_stats: dict = {}  # stats of the latest rollout, for logging
+        cfg = self.config
+        self.vllm = (VLLMSampler(tokenizer, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                 max_model_len=cfg.max_model_len) if cfg.backend == "vllm" else None)
 
     # ----- BatchSource -----
 
@@ -164,6 +248,13 @@ class RolloutSource:
         self.used, self.rollout_step = int(state["used"]), int(state["rollout_step"])
         self.rollouts, self.last_stats = int(state["rollouts"]), dict(state["stats"])
         self.buffer = None if state["buffer"] is None else [Sample.from_state(s) for s in state["buffer"]]
+        if self.vllm is not None:  # the model's weights come from the same checkpoint
+            self.vllm.invalidate()
+
+    def close(self) -> None:
+        """Drop the vLLM engine (and its folder), if there is one."""
+        if self.vllm is not None:
+            self.vllm.close()
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per pass over the prompts (a truncated=mask resample makes it approximate)."""
@@ -189,34 +280,47 @@ class RolloutSource:
         return steps
 
     def _micro_batch(self, chunk: list[int]) -> dict:
-        return micro_batch([self.buffer[i] for i in chunk], units=self.config.units)
+        comparable = self.config.top_k == 0 and self.config.top_p == 1.0  # the sampler's distribution is the loss's
+        return micro_batch([self.buffer[i] for i in chunk], units=self.config.units,
+                           gen_logprobs=comparable and not self.recomputes_old_logprobs)
 
     # ----- rollout -----
 
     def _roll_out(self, step: int, model) -> None:
         cfg = self.config
-        if self.reference == "adapter" and not is_peft(model):
+        if self.reference == "adapter" and not is_peft(unwrap_policy(model)):
             raise ValueError("reference='adapter' needs a LoRA (peft) policy")
+        if self.gae is not None and not is_actor_critic(model):
+            raise ValueError("per-token advantages (gae) need the values of an rl.value_head.ActorCritic model")
         started = time.perf_counter()
         samples: list[Sample] = []
-        triples: list[tuple[list[dict], str, dict]] = []
+        to_score: list[RewardSample] = []
         gen_seconds, gen_tokens = 0.0, 0
+        sync = {}
+        if self.vllm is not None:
+            engine = self.vllm.engine(step, model)  # the policy's weights now, pushed if a step changed them
+            sync = {"weight_sync_seconds": self.vllm.last_sync_seconds, "weight_pushes": self.vllm.pushes}
         for attempt in range(cfg.max_resamples + 1):
             prompts = [self.prompts[i] for i in self.stream.take(cfg.prompts_per_step)]
-            backend = LocalBackend(model, self.tokenizer, batch_size=cfg.gen_batch_size)
+            params = cfg.sampling_params(derived_seed(cfg.seed, step, attempt))
+            prompt_ids = [tokenize_prompt(self.tokenizer, p.messages) for p in prompts]  # what is sampled from
             t0 = time.perf_counter()
-            completions = backend.chat([p.messages for p in prompts],
-                                       cfg.sampling_params(derived_seed(cfg.seed, step, attempt)))
+            if self.vllm is not None:
+                completions = engine.complete_ids(prompt_ids, params)
+            else:  # renders the prompts as tokenize_prompt does
+                backend = LocalBackend(unwrap_policy(model), self.tokenizer, batch_size=cfg.gen_batch_size)
+                completions = backend.chat([p.messages for p in prompts], params)
             gen_seconds += time.perf_counter() - t0
             group0 = len(samples) // cfg.group_size
-            for g, (prompt, outs) in enumerate(zip(prompts, completions, strict=True)):
-                prompt_ids = tokenize_prompt(self.tokenizer, prompt.messages)  # what the backend generated from
+            for g, (prompt, ids, outs) in enumerate(zip(prompts, prompt_ids, completions, strict=True)):
                 for c in outs:
+                    if c.error is not None:  # e.g. a request vLLM aborted
+                        raise RuntimeError(f"sampling a rollout failed: {c.error}")
                     truncated = c.finish_reason == "length"
-                    samples.append(Sample(prompt_ids, list(c.token_ids), c.text, group0 + g, truncated,
+                    samples.append(Sample(ids, list(c.token_ids), c.text, group0 + g, truncated,
                                           gen_logprobs=list(c.logprobs) if c.logprobs is not None else None,
                                           trained=not (truncated and cfg.truncated == "mask")))
-                    triples.append((prompt.messages, c.text, prompt.metadata))
+                    to_score.append(RewardSample(prompt.messages, c.text, prompt.metadata, len(c.token_ids)))
                     gen_tokens += len(c.token_ids)
             if sum(s.trained for s in samples) >= cfg.mini_batches:
                 break
@@ -224,44 +328,120 @@ class RolloutSource:
             raise RuntimeError(f"with truncated=mask, {len(samples)} samples in {cfg.max_resamples + 1} rollouts "
                                f"left fewer than mini_batches={cfg.mini_batches} untruncated; raise max_tokens "
                                "or use truncated=keep or penalty")
-        self._score(samples, triples)
+        self._score(samples, to_score)
         self.buffer, self.used, self.rollout_step = samples, 0, step
         self.rollouts += 1
         t0 = time.perf_counter()
         self._compute_logprobs(model)
-        self._record_stats(gen_seconds, gen_tokens, time.perf_counter() - t0, time.perf_counter() - started)
+        logprob_seconds = time.perf_counter() - t0
+        kl_stats = self._assign_advantages()
+        self._record_stats(gen_seconds, gen_tokens, logprob_seconds, time.perf_counter() - started,
+                           {**kl_stats, **sync})
 
-    def _score(self, samples: list[Sample], triples: list) -> None:
-        rewards = [float(r) for r in self.reward_fn(triples)]
+    def _score(self, samples: list[Sample], to_score: list[RewardSample]) -> None:
+        rewards = [float(r) for r in self.reward_fn(to_score)]
         if len(rewards) != len(samples):
             raise ValueError(f"reward_fn returned {len(rewards)} rewards for {len(samples)} samples")
         if not all(math.isfinite(r) for r in rewards):
             raise ValueError("reward_fn returned a reward that is not finite")
         for s, r in zip(samples, rewards):
             s.reward = self.config.truncation_reward if s.truncated and self.config.truncated == "penalty" else r
-        values = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-        groups = torch.tensor([s.group for s in samples], dtype=torch.long)
-        advantages = torch.as_tensor(self.advantage_fn(values, groups), dtype=torch.float32).reshape(-1)
-        if advantages.numel() != len(samples) or not bool(torch.isfinite(advantages).all()):
-            raise ValueError(f"advantage_fn must return {len(samples)} finite values, got {advantages.numel()}")
-        for s, a in zip(samples, advantages.tolist()):
-            s.advantage = a
+
+    def _scoring_chunks(self) -> list[list[int]]:
+        """The first pass's micro-batches; with the KL in the reward, then also the samples no loss sees
+        (truncated=mask), cut alike, since their KL enters their group's baseline."""
+        chunks = [chunk for step_chunks in self.layout(0) for chunk in step_chunks]
+        if self.reward_kl is not None:
+            left = [i for i, s in enumerate(self.buffer) if not s.trained]
+            size = max(len(c) for c in chunks)
+            chunks += [left[k:k + size] for k in range(0, len(left), size)]
+        return chunks
 
     def _compute_logprobs(self, model) -> None:
-        """Old (and reference) log-probs in the first pass's micro-batches, where the loss will first see them."""
+        """Old (and reference) log-probs, and PPO's old values, in the first pass's micro-batches, where the
+        loss will first see them: the first update compares each number with itself."""
         temperature = loss_temperature(self.config.temperature)
-        for step_chunks in self.layout(0):
-            for chunk in step_chunks:
-                samples = [self.buffer[i] for i in chunk]
-                batch = micro_batch(samples, units=self.config.units)
-                with _scoring(model):
-                    scatter_logprobs(samples, completion_logprobs(model, batch, temperature), "old_logprobs")
-                if self.reference is not None:
-                    ref = model if self.reference == "adapter" else self.reference
-                    with reference_mode(ref):  # eval, no_grad and, for a peft model, its adapter off
-                        scatter_logprobs(samples, completion_logprobs(ref, batch, temperature), "ref_logprobs")
+        for chunk in self._scoring_chunks():
+            samples = [self.buffer[i] for i in chunk]
+            batch = micro_batch(samples, units=self.config.units)
+            if self.recomputes_old_logprobs:
+                self._old_logprobs(model, batch, samples, temperature)
+            if self.reference is not None:
+                ref = unwrap_policy(model) if self.reference == "adapter" else self.reference
+                # the policy's layout, so that the same weights give the same numbers (a KL of exactly 0)
+                layout = choose_layout(model, batch, target_positions(batch["targets"]))
+                with reference_mode(ref):  # eval, no_grad and, for a peft model, its adapter off
+                    scatter_tokens(samples, completion_logprobs(ref, batch, temperature, layout=layout),
+                                   "ref_logprobs")
 
-    def _record_stats(self, gen_seconds: float, gen_tokens: int, logprob_seconds: float, seconds: float) -> None:
+    def _old_logprobs(self, model, batch: dict, samples: list[Sample], temperature: float) -> None:
+        with _scoring(model):
+            logits, tokens, values = completion_outputs(model, batch, values=self.gae is not None)
+            scatter_tokens(samples, tempered_token_logprobs(logits, tokens, temperature), "old_logprobs")
+            if values is not None:
+                scatter_tokens(samples, values, "old_values")
+            del logits  # [N, V]: not held while the reference runs
+
+    # ----- advantages -----
+
+    def _assign_advantages(self) -> dict:
+        """Every trained sample's advantages (and PPO's returns); returns the KL statistics of the rollout
+        when the KL is in the reward."""
+        token_kls, coef, stats = self._reward_kl()
+        if self.gae is not None:
+            self._token_advantages(token_kls, coef)
+        else:
+            self._sequence_advantages(token_kls, coef)
+        return stats
+
+    def _reward_kl(self) -> tuple[list[torch.Tensor] | None, float, dict]:
+        """(per sample its per-token KL estimate, the coefficient, stats) with the KL in the reward, else
+        (None, 0, {}). The controller's value now is the coefficient; the rollout's KL then updates it, once
+        per rollout, from its trained samples, averaged per unit as the loss's `kl` would be."""
+        if self.reward_kl is None:
+            return None, 0.0, {}
+        controller = self.reward_kl.controller
+        coef = controller.value
+        kls = [token_kl(s.old_logprobs, s.ref_logprobs, self.reward_kl.estimator) for s in self.buffer]
+        trained = [k for k, s in zip(kls, self.buffer) if s.trained]
+        if self.config.units == "tokens":
+            measured = float(torch.cat(trained).mean())
+        else:
+            measured = float(torch.stack([k.mean() for k in trained]).mean())
+        controller.update(measured, len(trained))
+        return kls, coef, {"kl": measured, "kl_coef": coef}
+
+    def _sequence_advantages(self, token_kls: list[torch.Tensor] | None, coef: float) -> None:
+        rewards = torch.tensor([s.reward for s in self.buffer], dtype=torch.float32)
+        if token_kls is not None:
+            lengths = [k.numel() for k in token_kls]
+            rewards = kl_penalised_rewards(rewards, torch.cat(token_kls), seq_ids_of(lengths), coef)
+        groups = torch.tensor([s.group for s in self.buffer], dtype=torch.long)
+        advantages = torch.as_tensor(self.advantage_fn(rewards, groups), dtype=torch.float32).reshape(-1)
+        if advantages.numel() != len(self.buffer) or not bool(torch.isfinite(advantages).all()):
+            raise ValueError(f"advantage_fn must return {len(self.buffer)} finite values, got {advantages.numel()}")
+        for s, a in zip(self.buffer, advantages.tolist()):
+            s.advantage = a
+
+    def _token_advantages(self, token_kls: list[torch.Tensor] | None, coef: float) -> None:
+        """GAE over the trained samples' token rewards, all sequences at once (nothing crosses a sequence)."""
+        index = [i for i, s in enumerate(self.buffer) if s.trained]
+        samples = [self.buffer[i] for i in index]
+        seq_ids = seq_ids_of([len(s.completion_ids) for s in samples])
+        scores = torch.tensor([s.reward for s in samples], dtype=torch.float32)
+        kl = torch.cat([token_kls[i] for i in index]) if token_kls is not None else None
+        rewards = ppo_token_rewards(scores, seq_ids, token_kl=kl, kl_coef=coef)
+        values = torch.cat([s.old_values for s in samples])
+        advantages, returns = gae(rewards, values, seq_ids, len(samples), gamma=self.gae.gamma, lam=self.gae.lam)
+        if self.gae.whiten:
+            advantages = whiten(advantages)
+        scatter_tokens(samples, advantages, "token_advantages")
+        scatter_tokens(samples, returns, "returns")
+        for s in samples:
+            s.advantage = float(s.token_advantages[0])
+
+    def _record_stats(self, gen_seconds: float, gen_tokens: int, logprob_seconds: float, seconds: float,
+                      extra: dict) -> None:
         rewards = torch.tensor([s.reward for s in self.buffer], dtype=torch.float64)
         lengths = torch.tensor([len(s.completion_ids) for s in self.buffer], dtype=torch.float64)
         stats = {"rollout": self.rollouts, "rollout_step": self.rollout_step, "samples": len(self.buffer),
@@ -270,7 +450,7 @@ class RolloutSource:
                  "completion_len_mean": float(lengths.mean()),
                  "truncated_rate": sum(s.truncated for s in self.buffer) / len(self.buffer),
                  "gen_seconds": gen_seconds, "gen_tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
-                 "logprob_seconds": logprob_seconds, "rollout_seconds": seconds}
+                 "logprob_seconds": logprob_seconds, "rollout_seconds": seconds, **extra}
         cfg = self.config
         if cfg.top_k == 0 and cfg.top_p == 1.0:
             gaps = [float((s.old_logprobs - torch.tensor(s.gen_logprobs)).abs().max())

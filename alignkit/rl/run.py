@@ -1,10 +1,15 @@
-"""`alignkit rl` (and its presets grpo, rloo, reinforce): online RL on prompts with a configured reward.
+"""`alignkit rl` (and its presets grpo, rloo, reinforce, ppo): online RL on prompts with a configured reward.
 
 The run skeleton is the one every training run shares (training/run.py): the config is checked and the
 output folder prepared before anything loads, then the prompts, then the model. The rollout source
 samples from the policy as it trains; each step's record carries the rollout's statistics (reward mean
 and std, completion length, truncation rate, generation speed) and a few generations per rollout go to
 samples.jsonl in the run folder.
+
+PPO trains an rl.value_head.ActorCritic: the policy with a value head on its own transformer, or on a
+separate critic's (critic.model). The loop trains and checkpoints the pair as one model; final/ holds the
+policy in the Hugging Face layout, as for the other algorithms, plus value_head.safetensors (and the
+critic's transformer in final/critic). LoRA applies to the policy alone: a separate critic trains in full.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from functools import partial
 import torch
 
 from alignkit.atomic_write import write_text_atomic
-from alignkit.config import require, require_number, to_dict
+from alignkit.config import ConfigError, require, require_number, to_dict
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
 from alignkit.rewards.shaping import RewardShaping
@@ -32,13 +37,19 @@ from alignkit.rl.objective import (
 )
 from alignkit.rl.prompts import read_rl_prompts
 from alignkit.rl.reward_fn import RolloutReward
-from alignkit.rl.rollout import RolloutConfig, RolloutSource
+from alignkit.rl.rollout import GAEConfig, RewardKL, RolloutConfig, RolloutSource
+from alignkit.rl.value_head import ActorCritic, load_critic, save_value_model, unwrap_policy
 from alignkit.training.config import TrainConfig
 from alignkit.training.distributed import is_main
 from alignkit.training.loop import TrainResult, train
 from alignkit.training.run import finish_run, prepare_run, save_lm
 
 SAMPLES = "samples.jsonl"
+
+
+@dataclass
+class CriticConfig:
+    model: str = ""  # ppo: empty puts the value head on the policy's transformer; else a causal LM or reward model (same tokenizer)
 
 
 @dataclass
@@ -49,6 +60,7 @@ class RLConfig(PolicyLossConfig):
     rewards: list[RewardSpec] = field(default_factory=list)  # e.g. [{kind: format}, {kind: python, function: "pkg.mod:fn"}]
     reward_shaping: RewardShaping = field(default_factory=RewardShaping)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6))  # TRL GRPOConfig's default lr
     samples_per_step: int = 4  # generations of each rollout written to samples.jsonl; 0: none
     merge_lora: bool = True  # with LoRA, also write the merged model to final/ (the adapter goes to final/adapter)
@@ -59,6 +71,8 @@ class RLConfig(PolicyLossConfig):
         require(len(self.prompts) > 0, where, "prompts", "a list of at least one prompt file", self.prompts)
         validate_reward_specs(self.rewards, "rewards")
         require_number(where, "samples_per_step", self.samples_per_step, low=0, whole=True)
+        require(not self.critic.model or self.algo == "ppo", "critic", "model", "empty unless algo is ppo",
+                self.critic.model)
         # The rollout source makes each step's micro-batches; train.grad_accum would be silently ignored.
         require(self.train.grad_accum == 1, "train", "grad_accum", "1 (set rollout.grad_accum for RL)",
                 self.train.grad_accum)
@@ -68,6 +82,12 @@ class RLConfig(PolicyLossConfig):
                 f"{units} for aggregation={self.aggregation} (or left out)", self.rollout.units)
         if self.aggregation == "dr_grpo":
             require_number("rollout", "max_tokens", self.rollout.max_tokens, low=1, whole=True)
+        if self.rollout.backend == "vllm":
+            from alignkit.generation.vllm_backend import vllm_installed
+
+            if not vllm_installed():
+                raise ConfigError("rollout.backend: vllm needs vLLM, which is not installed (pip install vllm, on "
+                                  "a Linux machine with a CUDA GPU); rollout.backend=local samples with transformers")
 
 
 class SampleLog:
@@ -113,13 +133,44 @@ def load_prompts(cfg: RLConfig, tokenizer) -> tuple[list, list, dict]:
 
 def make_reference(cfg: RLConfig, model):
     """None without a KL term; the policy with its adapter off under LoRA; else a frozen copy computing in
-    the precision training uses (the loop turns the policy's own weights to bf16 under precision=bf16)."""
+    the precision training uses: under precision=bf16 the loop turns the policy's fp32 weights to bf16 and
+    keeps its buffers (rotary frequencies) fp32, so the copy does the same, and the two agree exactly at
+    the start (a bf16 rotary table alone moves log-probs by up to ~1e-2, which a k1 KL in the reward sums)."""
     if cfg.kl_coef <= 0:
         return None
     if cfg.model.lora.enabled:
         return "adapter"
     reference = copy.deepcopy(model).requires_grad_(False).eval()
-    return reference.to(torch.bfloat16) if cfg.train.precision == "bf16" else reference
+    if cfg.train.precision == "bf16":
+        for param in reference.parameters():
+            if param.dtype == torch.float32:
+                param.data = param.data.to(torch.bfloat16)
+    return reference
+
+
+def make_actor_critic(cfg: RLConfig, policy) -> ActorCritic:
+    """The policy with its value head: on its own transformer, or on critic.model's (a reward model's score
+    head starts the value head)."""
+    if not cfg.critic.model:
+        return ActorCritic(policy)
+    critic, head = load_critic(cfg.critic.model, dtype=cfg.model.dtype)
+    return ActorCritic(policy, critic, head_weight=head)
+
+
+def advantage_settings(cfg: RLConfig, objective: PolicyGradientObjective) -> dict:
+    """The rollout source's advantage keywords: GAE for ppo, else the algorithm's advantage_fn; with the KL
+    in the reward, the objective's KL controller (whose state the objective checkpoints)."""
+    reward_kl = RewardKL(objective.kl, cfg.estimator()) if cfg.kl_in == "reward" and cfg.kl_coef > 0 else None
+    if cfg.algo == "ppo":
+        return {"gae": GAEConfig(cfg.gamma, cfg.lam, cfg.whiten_advantages), "reward_kl": reward_kl}
+    return {"advantage_fn": advantage_fn(cfg), "reward_kl": reward_kl}
+
+
+def save_final(model, tokenizer, folder: str, *, lora: bool, merge: bool) -> None:
+    """The policy in the Hugging Face layout (`save_lm`); for an ActorCritic also its value head and critic."""
+    save_lm(unwrap_policy(model), tokenizer, folder, lora=lora, merge=merge)
+    if isinstance(model, ActorCritic):
+        save_value_model(model, folder)
 
 
 def _chain(*callbacks):
@@ -136,16 +187,16 @@ def run_rl(cfg: RLConfig, *, model=None, tokenizer=None, on_step=None, judge_bac
     from alignkit.models.lora import apply_lora, merge_lora
 
     ctx = prepare_run(cfg, partial(load_prompts, cfg), tokenizer=tokenizer)
-    reward = RolloutReward(build_reward(cfg.rewards, cfg.reward_shaping, judge_backend=judge_backend), ctx.tokenizer,
-                           count_tokens=cfg.reward_shaping.length_penalty > 0)
+    reward = RolloutReward(build_reward(cfg.rewards, cfg.reward_shaping, judge_backend=judge_backend))
     if model is None:
         model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
     model = merge_lora(model)  # an adapter from an earlier stage is part of the starting policy
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
+    reference = make_reference(cfg, model)  # of the policy alone
+    if cfg.algo == "ppo":
+        model = make_actor_critic(cfg, model)
     rollout = dataclasses.replace(cfg.rollout, units=AGGREGATION_UNITS[cfg.aggregation])
-    source = RolloutSource(ctx.train_examples, ctx.tokenizer, reward, rollout, advantage_fn=advantage_fn(cfg),
-                           reference=make_reference(cfg, model))
 
     def extra_metrics() -> dict:
         stats = {k: float(v) for k, v in source.last_stats.items()
@@ -154,9 +205,15 @@ def run_rl(cfg: RLConfig, *, model=None, tokenizer=None, on_step=None, judge_bac
 
     objective = PolicyGradientObjective(cfg, temperature=loss_temperature(rollout.temperature),
                                         max_completion_len=rollout.max_tokens, extra_metrics=extra_metrics,
-                                        stateful=reward)
+                                        stateful=reward, lr=cfg.train.lr)
+    source = RolloutSource(ctx.train_examples, ctx.tokenizer, reward, rollout, reference=reference,
+                           **advantage_settings(cfg, objective))
     samples = SampleLog(os.path.join(ctx.out, SAMPLES), source, ctx.tokenizer, cfg.samples_per_step)
-    result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),
-                   on_step=_chain(samples, on_step))
-    finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
+    try:
+        result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),
+                       on_step=_chain(samples, on_step))
+    finally:
+        source.close()  # drops the vLLM engine and removes its folder
+    finish_run(ctx, result, partial(save_final, model, ctx.tokenizer, lora=cfg.model.lora.enabled,
+                                    merge=cfg.merge_lora))
     return result

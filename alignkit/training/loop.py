@@ -40,7 +40,8 @@ class Objective(Protocol):
     statistics): `after_step(record)` is called after every optimizer step with the step's logged record
     (all-reduced, so the same on every process), and `state_dict()` / `load_state_dict(state)` keep that
     state in checkpoints (saved from rank 0 with torch.save, loaded on every process), so a resumed run
-    continues exactly."""
+    continues exactly. `lr_scale(param_name) -> float` gives a parameter a learning rate of its own, as a
+    multiple of cfg.lr (PPO's freshly initialised value head learns faster than the policy)."""
 
     def collate(self, examples: Sequence) -> dict:
         """A batch dict holding at least `num_units` and `num_tokens` (non-pad tokens)."""
@@ -105,11 +106,8 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
     if not weights:
         raise ValueError("the model has no trainable parameters")
     params = list(weights.values())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=_fused_ok(params))
+    optimizer = torch.optim.AdamW(_param_groups(weights, cfg, getattr(objective, "lr_scale", None)), lr=cfg.lr,
+                                  betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, fused=_fused_ok(params))
     scheduler = make_scheduler(optimizer, total=total_steps, warmup=warmup, kind=cfg.schedule,
                                min_ratio=cfg.min_lr_ratio)
 
@@ -224,6 +222,17 @@ def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig) 
             sums[key] = sums.get(key, 0.0) + float(value)
     units = all_sum(units)
     return {f"eval_{k}": all_sum(v) / max(units, 1) for k, v in sums.items()}
+
+
+def _param_groups(weights: dict, cfg: TrainConfig, lr_scale) -> list[dict]:
+    """AdamW groups: no weight decay for vectors (norms, biases), and one group per learning-rate scale.
+    The first group is always the policy's own (cfg.lr), whose rate the log reports."""
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
+    for name, p in weights.items():
+        scale = float(lr_scale(name)) if lr_scale is not None else 1.0
+        groups.setdefault((p.ndim >= 2, scale), []).append(p)
+    return [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+            for (decay, scale), ps in groups.items() if ps or scale == 1.0]
 
 
 def _steps_for_epochs(source: BatchSource, epochs: float) -> int:

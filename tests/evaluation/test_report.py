@@ -53,6 +53,10 @@ def make_results(seed: int = 0) -> dict:
             {"metric": "eval loss", "before": 2.3, "after": 1.9, "higher_is_better": False},
             {"metric": INJECTED, "before": -0.5, "after": float(rng.normal())},
         ],
+        "curves": [{"title": "reward per step " + INJECTED, "x_label": "step", "y_label": INJECTED, "series": [
+            {"name": INJECTED, "x": list(range(1, 9)), "y": rng.random(8).tolist()},
+            {"name": "held-out", "x": [0, 8], "y": [0.1, 0.9]},
+        ]}],
         "tables": [{"title": INJECTED, "columns": ["name", "value", INJECTED],
                     "rows": [["a", 1, float(rng.random())], [INJECTED, None, True]]}],
     }
@@ -71,6 +75,7 @@ def expected_marks(results: dict) -> dict[str, int]:
                           for key in ("mean_accuracy", "positional_agreement", "parse_failure_rate")),
         "ifeval": 4 * len(results["ifeval"]),
         "before-after": 2 * len(results["before_after"]),
+        "curve": sum(len(s["x"]) for c in results["curves"] for s in c["series"]),
     }
 
 
@@ -184,7 +189,12 @@ def test_strategy_table_shows_every_order_column(tmp_path):
     ({"tables": [{"title": "t", "columns": ["a", "b"], "rows": [[1]]}]}, "results\\['tables'\\]\\[0\\]\\['rows'\\]\\[0\\]"),
     ({"score_distributions": [{"model": "m", "scores": [11], "scale_min": 1, "scale_max": 10}]},
      "results\\['score_distributions'\\]\\[0\\]\\['scores'\\]\\[0\\]: 11"),
-    ({"score_vs_length": {"series": [{"model": "m", "lengths": [1, 2], "scores": [3]}]}}, "2 lengths but 1 scores"),
+    ({"score_vs_length": {"series": [{"model": "m", "lengths": [1, 2], "scores": [3]}]}}, "2 values in 'lengths' but 1 in 'scores'"),
+    ({"curves": [{"title": "t", "x_label": "x", "y_label": "y", "series": [{"name": "s", "x": [1, 2], "y": [3]}]}]},
+     "results\\['curves'\\]\\[0\\]\\['series'\\]\\[0\\]: 2 values in 'x' but 1 in 'y'"),
+    ({"curves": [{"title": "t", "x_label": "x", "y_label": "y", "series": [{"name": "s", "x": [1], "y": [float("nan")]}]}]},
+     "\\['series'\\]\\[0\\]\\['y'\\]\\[0\\]: nan is not a finite number"),
+    ({"curves": [{"title": "t", "x_label": "x", "y_label": "y", "series": []}]}, "no series"),
     ({"leaderboard": {"anchor": "a", "anchor_rating": 1000, "ratings": [{"model": "a"}]}},
      "results\\['leaderboard'\\]\\['ratings'\\]\\[0\\]: missing field 'rating'"),
     ({"meta": {"x": object()}}, "results\\['meta'\\]\\['x'\\]: object cannot be written"),

@@ -63,3 +63,23 @@ def test_lora_sft_then_generate_through_the_cli(tmp_path):
                  "--max-tokens", "12"]) == 0
     row = json.loads(out.read_text())
     assert row["response"].strip() and row["finish_reason"] in ("stop", "length")
+
+
+def test_demo_runs_every_stage_end_to_end(tmp_path):
+    """The demo's pipeline at minimum size: each stage trains, answers and lands in results and report."""
+    from alignkit.demo import DemoConfig, run_demo
+
+    results = run_demo(DemoConfig(out_dir=str(tmp_path), sft_steps=1, dpo_steps=1, grpo_steps=2, grpo_prompts=2,
+                                  grpo_group=2, batch_size=2, max_new_tokens=8, heldout_limit=4, judge_pairs=2))
+    assert [s for s in ("base", "sft", "dpo", "grpo") if s in results] == ["base", "sft", "dpo", "grpo"]
+    assert all(results[s]["n"] == 4 for s in ("base", "sft", "dpo", "grpo"))
+    grpo = results["training"]["grpo"]
+    assert grpo["steps"] == 2 and 0.0 <= grpo["first_reward"] <= 1.0
+    report = json.loads((tmp_path / "evaluation" / "report.json").read_text())
+    loss, reward = report["curves"]
+    assert [s["name"] for s in loss["series"]] == ["sft", "dpo", "grpo"]
+    assert [s["name"] for s in reward["series"]] == ["grpo"] and reward["series"][0]["x"] == [1, 2]
+    assert [e["model"] for e in report["win_rates"]] == ["sft", "dpo", "grpo"]
+    lines = (tmp_path / "responses.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and {"base", "sft", "dpo", "grpo"} <= set(json.loads(lines[0]))
+    assert (tmp_path / "grpo" / "final" / "config.json").exists() and (tmp_path / "grpo" / "samples.jsonl").exists()

@@ -17,5 +17,7 @@ def test_prompt_files_keep_their_records_fields_for_rewards(tmp_path):
     src = RolloutSource(prompts, tok, lambda samples: seen.extend(samples) or [0.0] * len(samples),
                         RolloutConfig(prompts_per_step=2, group_size=1, max_tokens=3, shuffle_prompts=False))
     src.next_step(0, tiny_model(tok))
-    assert [(m[-1]["content"], meta.get("answer", meta.get("label"))) for m, _, meta in seen] == [
+    assert [(s.prompt[-1]["content"], s.metadata.get("answer", s.metadata.get("label"))) for s in seen] == [
         ("2+2?", "4"), ("capital of France?", "paris")]
+    # the reward gets the generated token count (what a length penalty reads), not a re-encoding of the text
+    assert [s.num_tokens for s in seen] == [len(b.completion_ids) for b in src.buffer]

@@ -11,6 +11,7 @@ from alignkit.data.packing import target_positions
 from alignkit.models.lora import LoraConfig, apply_lora
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
 from alignkit.rl.advantages import grpo_advantages
+from alignkit.rewards.interface import Sample as RewardSample
 from alignkit.rl.logprobs import completion_logprobs, loss_temperature
 from alignkit.rl.rollout import RolloutConfig, RolloutSource
 from alignkit.training.loop import train
@@ -23,7 +24,7 @@ PROMPTS = [[{"role": "user", "content": " ".join(WORDS[:n])}] for n in (1, 6, 2,
 
 def letter_reward(samples):
     """Depends on the completion text only, and differs between most completions."""
-    return [text.count("e") + 0.01 * len(text) for _, text, _ in samples]
+    return [text.count("e") + 0.01 * len(text) for text in (s.completion for s in samples)]
 
 
 def decode(tok, ids):
@@ -62,7 +63,8 @@ def assert_same_batches(a, b):
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_recomputed_old_logprobs_equal_the_samplers(temperature):
     tok = tiny_tokenizer("chatml")
-    source = make_source(tok, temperature=temperature, stop=("o",))
+    # two passes over the buffer: the second needs the old policy's log-probs, so they are recomputed
+    source = make_source(tok, temperature=temperature, stop=("o",), ppo_epochs=2)
     batches = source.next_step(0, tiny_model(tok))
     lengths = {len(s.prompt_ids) for s in source.buffer}
     assert len(lengths) > 1
@@ -89,10 +91,46 @@ def test_the_first_update_sees_a_ratio_of_exactly_one_in_bf16():
     first one, so on-policy updates compare a number with itself."""
     tok = tiny_tokenizer("chatml")
     model = tiny_model(tok).to(torch.bfloat16)
-    batches = make_source(tok, stop=("o",), temperature=0.8).next_step(0, model)
+    batches = make_source(tok, stop=("o",), temperature=0.8, ppo_epochs=2).next_step(0, model)
     model.train()
     for batch in batches:
         assert torch.equal(completion_logprobs(model, batch, 0.8).detach(), batch["old_logprobs"])
+
+
+def test_one_update_per_rollout_skips_the_recompute_and_trains_as_if_it_had_run():
+    """With one optimizer step per rollout the policy that sampled is the one that updates: the batches carry
+    the sampler's log-probs instead of recomputed ones, and the loss and gradients are those the recomputed
+    old log-probs give (ratio 1); the objective logs the sampler check in their place."""
+    from alignkit.rl.objective import PolicyGradientObjective, PolicyLossConfig
+
+    tok = tiny_tokenizer("chatml")
+    model = tiny_model(tok)
+    source = make_source(tok, stop=("o",), temperature=0.7)
+    assert not source.recomputes_old_logprobs
+    batches = source.next_step(0, model)
+    assert all("old_logprobs" not in b and "gen_logprobs" in b for b in batches)
+    model.train()
+    objective = PolicyGradientObjective(PolicyLossConfig(), temperature=0.7)
+    results = []
+    for with_old in (False, True):
+        model.zero_grad()
+        total = 0.0
+        for batch in batches:
+            if with_old:
+                with torch.no_grad():
+                    batch = {**batch, "old_logprobs": completion_logprobs(model, batch, 0.7)}
+            loss, metrics = objective.loss(model, batch)
+            loss.backward()
+            total += float(loss)
+            assert metrics["ratio"] == pytest.approx(batch["num_units"], rel=1e-6)  # summed ratio of 1 per unit
+        results.append((total, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    record = {}
+    objective.after_step(record)
+    assert record["sampler_logprob_gap"] < 1e-4  # the sampler and the update agree on every token
+    assert "sampler_logprob_gap" not in source.last_stats
 
 
 def test_each_reward_belongs_to_its_own_sequence():
@@ -106,7 +144,7 @@ def test_each_reward_belongs_to_its_own_sequence():
             text = decode(tok, completion)
             cut = text.find("o")
             text = text[:cut] if cut >= 0 else text
-            assert batch["rewards"][s].item() == pytest.approx(letter_reward([(None, text, None)])[0], abs=1e-5)
+            assert batch["rewards"][s].item() == pytest.approx(letter_reward([RewardSample([], text)])[0], abs=1e-5)
             assert batch["completion_lens"][s] == len(completion)
             assert ids[len(ids) - len(completion):] == completion
             seen += 1
@@ -212,7 +250,8 @@ def test_mask_samples_more_prompts_when_everything_is_truncated():
 def test_reference_logprobs_from_a_frozen_model_and_from_the_adapter_off():
     tok = tiny_tokenizer("chatml")
     model = tiny_model(tok)
-    same = make_source(tok, temperature=0.0, reference=copy.deepcopy(model))
+    # ppo_epochs=2: the old log-probs are recomputed, to compare with the reference's
+    same = make_source(tok, temperature=0.0, reference=copy.deepcopy(model), ppo_epochs=2)
     batch = same.next_step(0, model)[0]
     assert torch.equal(batch["ref_logprobs"], batch["old_logprobs"])
 
@@ -222,7 +261,7 @@ def test_reference_logprobs_from_a_frozen_model_and_from_the_adapter_off():
         for name, param in policy.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    source = make_source(tok, temperature=0.0, reference="adapter")
+    source = make_source(tok, temperature=0.0, reference="adapter", ppo_epochs=2)
     batch = source.next_step(0, policy)[0]
     with torch.no_grad():
         base_lp = completion_logprobs(base.eval(), batch, loss_temperature(0.0))
