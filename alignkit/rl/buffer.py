@@ -63,6 +63,11 @@ def shuffled_chunks(indices: Sequence[int], chunks: int, seed: int) -> list[list
     return [c for c in out if c]
 
 
+def seq_ids_of(lengths: Sequence[int]) -> torch.Tensor:
+    """[N] sequence index of each token of sequences of these lengths, back to back."""
+    return torch.repeat_interleave(torch.arange(len(lengths)), torch.as_tensor(list(lengths), dtype=torch.long))
+
+
 def micro_batch(samples: Sequence[Sample], *, units: str = "tokens", gen_logprobs: bool = False) -> dict:
     """The contract's micro-batch of `samples`, in the given order (per-token keys only once computed).
     `gen_logprobs` adds the sampler's own per-token log-probs (when every sample has them)."""
@@ -73,7 +78,7 @@ def micro_batch(samples: Sequence[Sample], *, units: str = "tokens", gen_logprob
     batch = pack(sequences)
     lens = torch.tensor([len(s.completion_ids) for s in samples], dtype=torch.long)
     batch.update(
-        seq_ids=torch.repeat_interleave(torch.arange(len(samples)), lens),
+        seq_ids=seq_ids_of(lens.tolist()),
         advantages=torch.tensor([s.advantage for s in samples], dtype=torch.float32),
         rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
         group_ids=torch.tensor([s.group for s in samples], dtype=torch.long),

@@ -77,6 +77,7 @@ from alignkit.rl.buffer import (
     Sample,
     micro_batch,
     scatter_tokens,
+    seq_ids_of,
     shuffled_chunks,
 )
 from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController, token_kl
@@ -165,11 +166,6 @@ class RewardKL:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
 
 
-def seq_ids_of(lengths: Sequence[int]) -> torch.Tensor:
-    """[N] sequence index of each token of sequences of these lengths, back to back."""
-    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(list(lengths), dtype=torch.long))
-
-
 def derived_seed(*parts: int) -> int:
     digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
@@ -221,7 +217,6 @@ class RolloutSource:
         self.rollout_step = -1  # the step the current buffer was sampled at
         self.rollouts = 0
         self.last_stats: dict = {}  # stats of the latest rollout, for logging
-        cfg = self.config
         self.vllm = (VLLMSampler(tokenizer, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
                                  max_model_len=cfg.max_model_len) if cfg.backend == "vllm" else None)
 

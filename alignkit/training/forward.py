@@ -120,33 +120,40 @@ def _prompts(ids: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, kee
     return prompt_lens, torch.tensor(index, device=ids.device), [list(p) for p in slots]
 
 
+def _plan(model, batch: dict, keep: torch.Tensor | None, layout: str):
+    """(the concrete layout, sequence starts, lengths, and the prompts when the layout shares them)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if layout == "packed":  # the default of SFT and the preference objectives: nothing to work out
+        return layout, None, None, None
+    starts, lengths = sequence_bounds(batch["position_ids"][0])
+    prompts = None
+    if layout in ("auto", "shared_prompt") and _shares_prompts(model):
+        prompts = _prompts(batch["input_ids"][0], starts, lengths, keep)
+    if layout == "auto":
+        layout = cheaper_layout(model, lengths, *((prompts[0], len(prompts[2])) if prompts else ()))
+    if layout == "shared_prompt" and prompts is None:
+        raise ValueError("layout shared_prompt needs kept positions after a prompt in every sequence "
+                         "(and a model that takes a prompt cache)")
+    return layout, starts, lengths, prompts
+
+
 def choose_layout(model, batch: dict, keep: torch.Tensor | None = None) -> str:
     """The layout "auto" takes for this model and batch. Two models whose numbers are compared (a policy
     and its reference) should run one layout: pass this one's result to the other's forward."""
-    starts, lengths = sequence_bounds(batch["position_ids"][0])
-    prompts = _prompts(batch["input_ids"][0], starts, lengths, keep) if _shares_prompts(model) else None
-    return cheaper_layout(model, lengths, *((prompts[0], len(prompts[2])) if prompts else ()))
+    return _plan(model, batch, keep, "auto")[0]
 
 
 def packed_forward(model, batch: dict, keep: torch.Tensor | None = None, *, layout: str = "packed",
                    **extra) -> PackedOutput:
     """The model's logits (and values, for a model that returns them) at the flat positions `keep` of a
     packed batch (all positions when None); `extra` goes to the model as it is (e.g. return_values)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
-    if layout == "auto":
-        layout = choose_layout(model, batch, keep)
-    input_ids, position_ids = batch["input_ids"], batch["position_ids"]
-    starts, lengths = sequence_bounds(position_ids[0])
-    prompts = _prompts(input_ids[0], starts, lengths, keep) if layout == "shared_prompt" and _shares_prompts(model) \
-        else None
+    layout, starts, lengths, prompts = _plan(model, batch, keep, layout)
+    input_ids = batch["input_ids"]
     if layout == "shared_prompt":
-        if prompts is None:
-            raise ValueError("layout shared_prompt needs kept positions after a prompt in every sequence "
-                             "(and a model that takes a prompt cache)")
         return _shared_prompt_forward(model, input_ids[0], starts, lengths, keep, prompts, extra)
     if layout == "packed":
-        out = model(input_ids=input_ids, position_ids=position_ids,
+        out = model(input_ids=input_ids, position_ids=batch["position_ids"],
                     logits_to_keep=keep if keep is not None else 0, use_cache=False, **extra)
         return PackedOutput(out.logits, _values(out))
     return _padded_forward(model, input_ids[0], starts, lengths, keep, extra)

@@ -18,12 +18,12 @@ from alignkit.data.packing import target_positions
 from alignkit.models.reward import RewardModel, score_sequences
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
 from alignkit.rl.advantages import gae, rloo_advantages
-from alignkit.rl.buffer import Sample, micro_batch
+from alignkit.rl.buffer import Sample, micro_batch, seq_ids_of
 from alignkit.rl.kl import AdaptiveKLController, FixedKLController
 from alignkit.rl.logprobs import completion_outputs, tempered_token_logprobs
 from alignkit.rl.losses import aggregate, explained_variance, policy_loss
 from alignkit.rl.objective import PolicyGradientObjective, PolicyLossConfig
-from alignkit.rl.rollout import GAEConfig, RewardKL, RolloutConfig, RolloutSource, seq_ids_of
+from alignkit.rl.rollout import GAEConfig, RewardKL, RolloutConfig, RolloutSource
 from alignkit.rl.run import RLConfig, run_rl
 from alignkit.rl.value_head import VALUE_HEAD, ActorCritic, load_critic, transformer_of, unwrap_policy
 from alignkit.training.forward import packed_logits
