@@ -37,6 +37,7 @@ from transformers.generation.logits_process import (TemperatureLogitsWarper, Top
 from alignkit.data.chat import tokenize_prompt
 from alignkit.generation.backend import (Backend, Completion, Message, SamplingParams, check_conversation,
                                          check_sampling_params)
+from alignkit.models.prompt_cache import shared_prompt_cache
 
 Prompt = str | list[Message]
 
@@ -346,16 +347,10 @@ class LocalBackend:
         if len(first_row) == len(rows) or input_ids.shape[1] < 2:
             return None
         distinct = list(first_row.values())
-        ids, mask = input_ids[distinct, :-1], attention_mask[distinct, :-1]
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        only_last = {"logits_to_keep": 1} if getattr(self.model, "_supports_logits_to_keep", lambda: False)() else {}
-        cache = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                           **only_last).past_key_values
-        if not hasattr(cache, "batch_select_indices"):  # a model with a cache of its own kind: no sharing
-            return None
         slot = {key: k for k, key in enumerate(first_row)}
-        cache.batch_select_indices(torch.tensor([slot[tuple(row.prompt_ids)] for row in rows], device=ids.device))
-        return cache
+        # None for a model with a cache of its own kind: no sharing then
+        return shared_prompt_cache(self.model, input_ids[distinct, :-1], attention_mask[distinct, :-1],
+                                   torch.tensor([slot[tuple(row.prompt_ids)] for row in rows]))
 
     # ----- outputs -----
 

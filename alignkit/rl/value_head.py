@@ -76,6 +76,9 @@ class ActorCritic(nn.Module):
     def config(self):
         return self.policy.config
 
+    def _supports_logits_to_keep(self) -> bool:
+        return True  # forward takes logits_to_keep as a Hugging Face model does
+
     def forward(self, input_ids, position_ids=None, logits_to_keep=0, use_cache=False, return_values=False,
                 **kwargs):
         """The policy's output; with `return_values` an ActorCriticOutput that adds the values at the positions

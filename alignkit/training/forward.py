@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.models.prompt_cache import shared_prompt_cache
+
 LAYOUTS = ("auto", "packed", "padded", "shared_prompt")
 
 
@@ -179,10 +181,9 @@ def _shared_prompt_forward(model, ids: torch.Tensor, starts: torch.Tensor, lengt
     for u, tokens in enumerate(distinct):
         prompt_ids[u, width - len(tokens):] = torch.tensor(tokens, dtype=ids.dtype, device=device)
         prompt_mask[u, width - len(tokens):] = 1
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                  logits_to_keep=1).past_key_values
-    cache.batch_select_indices(index)  # each sequence's own copy (a gather: gradients sum back)
+    cache = shared_prompt_cache(model, prompt_ids, prompt_mask, index)
+    if cache is None:
+        raise ValueError("layout shared_prompt needs a model whose KV cache can be indexed by row")
     # The rest of each sequence, right-padded, on top of its prompt's cache.
     rest_lens = lengths - prompt_lens
     rest_width = int(rest_lens.max())
