@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from alignkit.cli import demo, evaluate, generate, rl, serve, train
+from alignkit.cli import demo, evaluate, generate, reward_sampling, rl, serve, train
 
 __all__ = ["build_parser", "main"]
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_pref(sub)
     train.add_rm(sub)
     rl.add_rl(sub)
+    reward_sampling.add_reward_sampling(sub)
     generate.add_score(sub)
     evaluate.add_rm_eval(sub)
     return parser

@@ -1,5 +1,5 @@
 """Commands that run a model over inputs: `generate` (answers to a prompts file), `chat` (a terminal
-conversation) and `score` (reward-model scores for the responses in a file)."""
+conversation) and `score` (scores for the responses in a file, from a reward model or any reward)."""
 from __future__ import annotations
 
 from alignkit.cli.local_model import CHAT_TEMPLATE_HELP, add_sampling_args, local_backend, sampling_params
@@ -23,14 +23,36 @@ def cmd_chat(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from alignkit.evaluation.reward_eval import run_score
     from alignkit.paths import check_output_file
 
     check_output_file(a.out, "--out")  # before the model loads and every record is scored
-    written, cut = run_score(a.model, a.input, a.out, dtype=a.dtype, batch_size=a.batch_size,
-                             max_length=a.max_length)
-    note = f" ({cut} cut from the left to --max-length {a.max_length})" if cut else ""
+    if a.rewards:
+        _score_with_rewards(a)
+        return
+    from alignkit.evaluation.reward_eval import run_score
+
+    # The options' defaults are None so that --rewards can tell them apart from options given.
+    dtype = "fp32" if a.dtype is None else a.dtype
+    batch_size = 8 if a.batch_size is None else a.batch_size
+    max_length = 2048 if a.max_length is None else a.max_length
+    written, cut = run_score(a.model, a.input, a.out, dtype=dtype, batch_size=batch_size, max_length=max_length)
+    note = f" ({cut} cut from the left to --max-length {max_length})" if cut else ""
     print(f"wrote {written} scored records to {a.out}{note}")
+
+
+def _score_with_rewards(a) -> None:
+    from alignkit.evaluation.reward_eval import run_score_rewards
+
+    # Options of the reward-model path would be silently ignored here: each rm spec sets its own.
+    given = [flag for flag, value in (("--batch-size", a.batch_size), ("--max-length", a.max_length),
+                                      ("--dtype", a.dtype)) if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only apply with --model; with --rewards set batch_size, max_length "
+                         "and dtype in a reward spec of kind rm")
+    written, responses, failed = run_score_rewards(a.rewards, a.input, a.out)
+    note = (f"; {failed} of {responses} responses could not be scored (they hold the reward's failure_reward, "
+            "and the reason in failure/failures)") if failed else ""
+    print(f"wrote {written} scored records ({responses} responses) to {a.out}{note}")
 
 
 def add_generate(sub) -> None:
@@ -56,13 +78,27 @@ def add_chat(sub) -> None:
 
 
 def add_score(sub) -> None:
-    p = sub.add_parser("score", help="score responses in a file with a reward model (JSONL out: `reward` for one "
-                                     "response, `rewards` for a list)")
-    p.add_argument("--model", required=True, help="a reward-model folder (from alignkit rm)")
+    p = sub.add_parser(
+        "score", help="score the responses in a file with a reward model or any reward (JSONL out: `reward` for "
+                      "one response, `rewards` for a list, which preference loaders rank by)",
+        description="Score the responses in a file (e.g. `alignkit generate --n 4` output) with a reward-model "
+                    "folder (--model) or with reward specs (--rewards: a verifier, a judge, a reward model, a "
+                    "Python function or a weighted sum). Each record gets `reward` (one response) or `rewards` "
+                    "(a list); with --rewards also the reason a response could not be scored in `failure` / "
+                    "`failures` (it keeps the spec's failure_reward) and each reward's own scores in "
+                    "`reward_components`. Train on the result with a pair rule, e.g. `alignkit dpo "
+                    "data.train=[scored.jsonl] data.pair_rule=best_vs_worst`.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a reward-model folder (from alignkit rm)")
+    source.add_argument("--rewards", help="a YAML file with a `rewards:` list of reward specs, written as in an RL "
+                                          "config, e.g. rewards: [{kind: format}, {kind: python, function: "
+                                          "'pkg.mod:fn', weight: 0.5}]")
     p.add_argument("--input", required=True, help="records with prompt/messages and response(s), or whole "
-                                                  "conversations ending with an assistant turn")
+                                                  "conversations ending with an assistant turn; with --rewards "
+                                                  "the record's other fields reach the reward (e.g. `format`)")
     p.add_argument("--out", required=True)
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per packed forward")
-    p.add_argument("--max-length", type=int, default=2048, help="longer sequences lose their start")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch-size", type=int, default=None, help="--model: sequences per packed forward (default 8)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="--model: longer sequences lose their start (default 2048)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="--model: weights as loaded (default fp32)")
     p.set_defaults(func=cmd_score)

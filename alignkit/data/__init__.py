@@ -9,6 +9,7 @@ from alignkit.lazy_exports import lazy_exports
 __all__, __getattr__ = lazy_exports(__name__, {
     "readers": ("DataSpec", "Record", "read_records"),
     "formats": ("Conversation", "load_conversations", "to_conversation"),
+    "prompts": ("PromptRecord", "read_prompt_records"),
     "preference": ("PreferencePair", "Ranking", "Feedback", "load_pairs", "load_rankings", "load_feedback"),
     "mixing": ("load_mix",),
     "chat": ("tokenize_conversation", "tokenize_prompt"),

@@ -1,6 +1,13 @@
 """Reward models at work: `alignkit score` (rewards for responses in a file) and `alignkit rm-eval`
 (accuracy on a preference set, overall, per file and per subset, with the length bias of the scores).
 
+`score` scores with a reward-model folder (`--model`), or with any reward source alignkit has
+(`--rewards`: a YAML file of reward specs, as in an RL config's `rewards:`: a verifier, a judge, a
+reward model, a Python function, or a weighted sum of them). Both write `reward` for a record with one
+response and `rewards` for one with a list, so the preference loaders rank `generate --n` samples by
+them. With reward specs, a response the reward could not score keeps the reward's `failure_reward` and
+its reason goes in `failure` / `failures`, never silently scored.
+
 rm-eval reads pair records (prompt / chosen / rejected, as for DPO) and LLMBar records
 (`{"input", "output_1", "output_2", "label"}`, where `label` names the better output). A pair
 counts as correct only when chosen scores strictly higher; ties are reported separately.
@@ -11,7 +18,7 @@ labels themselves prefer the longer one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
@@ -19,6 +26,12 @@ from alignkit.data.errors import RecordError
 from alignkit.data.formats import to_conversation
 from alignkit.data.preference import PreferencePair, to_pair
 from alignkit.data.readers import DataSpec, Record, load_parsed, read_records
+from alignkit.rewards.interface import Reward
+from alignkit.rewards.interface import Sample as RewardSample
+from alignkit.rewards.spec import RewardSpec, validate_reward_specs
+
+# What scoring writes into a record; a record scored before has these replaced, never mixed with new ones.
+SCORE_FIELDS = ("reward", "rewards", "failure", "failures", "reward_components")
 
 
 @dataclass
@@ -219,16 +232,66 @@ def score_file(model, tokenizer, in_path: str, out_path: str, *, batch_size: int
     scores = score_sequences(model, sequences, batch_size=batch_size)
     rows, offset = [], 0
     for record, count in records:
-        row = {key: value for key, value in record.data.items() if key not in ("reward", "rewards")}
-        mine = scores[offset:offset + count]
+        rows.append(_scored_row(record, scores[offset:offset + count]))
         offset += count
-        if record.data.get("responses") is not None:
-            row["rewards"] = mine
-        else:
-            row["reward"] = mine[0]
-        rows.append(row)
     write_jsonl_atomic(out_path, rows)
     return len(rows), truncated
+
+
+def _scored_row(record: Record, scores: list[float], extra: dict | None = None) -> dict:
+    """The input record with its scores: `rewards` (one per response) for a record with `responses`, else
+    `reward`, plus `extra`; the fields of an earlier scoring are dropped first."""
+    row = {key: value for key, value in record.data.items() if key not in SCORE_FIELDS}
+    if record.data.get("responses") is not None:
+        row["rewards"] = scores
+    else:
+        row["reward"] = scores[0]
+    row.update(extra or {})
+    return row
+
+
+@dataclass
+class RewardsFile:
+    """The YAML file `alignkit score --rewards` reads: a `rewards:` list, written as in an RL config."""
+    rewards: list[RewardSpec] = field(default_factory=list)  # e.g. [{kind: format}, {kind: rm, path: runs/rm/final}]
+
+
+def read_reward_specs(path: str) -> list[RewardSpec]:
+    """The reward specs in `path`, checked (no model loads): a ConfigError naming the file and the key."""
+    from alignkit.config import ConfigError, load_config
+
+    try:
+        specs = load_config(RewardsFile, path).rewards
+        validate_reward_specs(specs)
+    except ConfigError as e:
+        message = str(e).removeprefix(f"{path}: ")  # errors reading the file name it already
+        raise ConfigError(f"--rewards {path}: {message}") from None
+    return specs
+
+
+def score_with_reward(reward: Reward, scorable: list[tuple[Record, list]]) -> tuple[list[dict], int]:
+    """Each record of `scorable` (as `read_scorable` returns it) with its responses scored by `reward`:
+    `rewards` / `reward` as `score_file` writes them, each response's failure reason (None when scored) in
+    `failures` / `failure`, and each part of the reward, unweighted, in `reward_components`. The record's
+    own fields reach the reward as metadata (e.g. the demo's `format`). Returns (rows, failures)."""
+    samples = [RewardSample(conv[:-1], conv[-1]["content"], record.data)
+               for record, convs in scorable for conv in convs]
+    result = reward.score(samples)
+    if len(result.scores) != len(samples):
+        raise RuntimeError(f"the reward returned {len(result.scores)} scores for {len(samples)} responses")
+    parts = {name: part.scores for name, part in result.components.items()}
+    rows, offset = [], 0
+    for record, convs in scorable:
+        span, offset = slice(offset, offset + len(convs)), offset + len(convs)
+        many = record.data.get("responses") is not None
+        failures, components = result.failures[span], {name: values[span] for name, values in parts.items()}
+        if not many:  # one response: one value each, as for `reward`
+            failures, components = failures[0], {name: values[0] for name, values in components.items()}
+        extra = {"failures" if many else "failure": failures}
+        if components:
+            extra["reward_components"] = components
+        rows.append(_scored_row(record, result.scores[span], extra))
+    return rows, result.num_failures
 
 
 def write_result(result: RMEvalResult, path: str) -> None:
@@ -249,6 +312,22 @@ def run_score(model: str, input_path: str, out_path: str, *, dtype: str = "fp32"
     reward_model, tokenizer = load_reward_model(model, dtype=dtype)
     return score_file(reward_model, tokenizer, input_path, out_path, batch_size=batch_size, max_length=max_length,
                       scorable=scorable)
+
+
+def run_score_rewards(rewards_path: str, input_path: str, out_path: str, *,
+                      judge_backend=None) -> tuple[int, int, int]:
+    """`alignkit score --rewards`: `score_with_reward` with the reward specs in the YAML file `rewards_path`.
+
+    The specs and the input are read and checked before any model (a reward model, a local judge) loads.
+    `judge_backend` replaces a judge reward's backend. Returns (records written, responses scored,
+    responses the reward could not score)."""
+    from alignkit.rewards.spec import build_reward
+
+    specs = read_reward_specs(rewards_path)
+    scorable = read_scorable(input_path)
+    rows, failures = score_with_reward(build_reward(specs, judge_backend=judge_backend), scorable)
+    write_jsonl_atomic(out_path, rows)
+    return len(rows), sum(len(convs) for _, convs in scorable), failures
 
 
 def run_rm_eval(model: str, data: Any, out: str | None = None, *, dtype: str = "fp32", batch_size: int = 8,

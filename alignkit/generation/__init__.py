@@ -15,5 +15,5 @@ __all__, __getattr__ = lazy_exports(__name__, {
     "specs": ("BackendOptions", "build_backend", "open_backend", "parse_backend_spec"),
     "cache": ("CachedBackend", "cache_key"),
     "model_id": ("local_model_id",),
-    "files": ("read_prompts", "generate_file", "run_generate"),
+    "files": ("generate_file", "run_generate"),
 })

@@ -27,17 +27,26 @@ def loss_temperature(sampling_temperature: float) -> float:
     return float(sampling_temperature) if sampling_temperature > 0 else 1.0
 
 
-def tempered_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(logits / T)[token] at every position: logits [..., V], tokens [...] -> float32 [...].
-
-    Computed in float32 whatever the logits' dtype, so bf16 logits lose nothing more in the softmax."""
+def tempered_log_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T) over the vocabulary, float32 whatever the logits' dtype (bf16 logits lose
+    nothing more in the softmax): [..., V] -> [..., V]. The RL loss reads both the sampled tokens'
+    log-probs and the entropy off this one tensor."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 here (use loss_temperature for greedy), got {temperature}")
     scaled = logits.float()
     if temperature != 1.0:
         scaled = scaled / temperature
-    safe = tokens.clamp(min=0).unsqueeze(-1)
-    return torch.log_softmax(scaled, dim=-1).gather(-1, safe).squeeze(-1)
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def token_logprobs(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The entries of `log_probs` [..., V] at `tokens` [...] (negative ids, i.e. ignored positions, read id 0)."""
+    return log_probs.gather(-1, tokens.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+
+def tempered_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T)[token] at every position: logits [..., V], tokens [...] -> float32 [...]."""
+    return token_logprobs(tempered_log_softmax(logits, temperature), tokens)
 
 
 def completion_outputs(model, batch: dict, *, values: bool = False, layout: str = "auto"

@@ -204,15 +204,29 @@ def explained_variance(values: Tensor, returns: Tensor) -> Tensor:
     return torch.tensor(explained_variance_from_parts(explained_variance_parts(values, returns)))
 
 
+def entropy_from_logprobs(logprobs: Tensor, chunk_size: int = 1024) -> Tensor:
+    """[K] entropy (nats) -sum p log p of each row of `logprobs` [K, V], a normalised log-distribution (a
+    log_softmax the caller already holds), a chunk of rows at a time so only one chunk's probabilities
+    exist at once. Keeps the graph, so it also serves an entropy bonus."""
+    rows = logprobs.reshape(-1, logprobs.shape[-1])
+    out = [_entropy_rows(chunk) for chunk in rows.split(chunk_size, dim=0)]
+    if not out:
+        return logprobs.new_zeros(logprobs.shape[:-1], dtype=torch.float32)
+    return torch.cat(out).float().reshape(logprobs.shape[:-1])
+
+
+def _entropy_rows(logprobs: Tensor) -> Tensor:
+    p = logprobs.exp()
+    # A token the distribution excludes (log-prob -inf, a masked logit) adds 0, not 0 * -inf = NaN.
+    return -torch.where(p > 0, p * logprobs, 0.0).sum(-1)
+
+
 def entropy_from_logits(logits: Tensor, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:
-    """[K] entropy (nats) of each row of softmax(logits / temperature), logits [K, V], as logsumexp(z) -
-    sum softmax(z) z, taken a chunk of rows at a time so only one chunk's float32 probabilities exist at
-    once (and the tempered copy too). Keeps the graph, so it also serves an entropy bonus."""
+    """[K] entropy (nats) of each row of softmax(logits / temperature), logits [K, V], in float32, a chunk of
+    rows at a time. An RL loss that has the log-softmax already uses entropy_from_logprobs on it instead."""
     rows = logits.reshape(-1, logits.shape[-1])
-    out = []
-    for chunk in rows.split(chunk_size, dim=0):
-        z = chunk.float() if temperature == 1.0 else chunk.float() / temperature
-        out.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1))
+    out = [entropy_from_logprobs(torch.log_softmax(chunk.float() / temperature, dim=-1), chunk_size)
+           for chunk in rows.split(chunk_size, dim=0)]
     if not out:
         return logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
     return torch.cat(out).reshape(logits.shape[:-1])
@@ -221,4 +235,4 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = 1024, temperature: flo
 __all__ = ["AGGREGATIONS", "LEVELS", "AGGREGATION_UNITS", "Aggregated", "loss_units", "aggregate", "unit_sum",
            "ClipTerms", "clipped_surrogate", "gspo_log_ratio", "PolicyLoss", "policy_loss", "ValueTerms",
            "clipped_value_loss", "EV_PARTS", "explained_variance_parts", "explained_variance_from_parts",
-           "explained_variance", "entropy_from_logits"]
+           "explained_variance", "entropy_from_logprobs", "entropy_from_logits"]

@@ -39,14 +39,14 @@ from alignkit.rl.advantages import (
     rloo_advantages,
 )
 from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController
-from alignkit.rl.logprobs import completion_outputs, tempered_token_logprobs
+from alignkit.rl.logprobs import completion_outputs, tempered_log_softmax, token_logprobs
 from alignkit.rl.losses import (
     AGGREGATIONS,
     EV_PARTS,
     LEVELS,
     aggregate,
     clipped_value_loss,
-    entropy_from_logits,
+    entropy_from_logprobs,
     explained_variance_from_parts,
     explained_variance_parts,
     policy_loss,
@@ -114,7 +114,7 @@ class PolicyLossConfig:
 
 def advantage_fn(cfg: PolicyLossConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """rewards [B], group_ids [B] -> advantages [B] for a sequence-level algorithm (ppo's are per token:
-    rollout.GAEConfig)."""
+    rl.buffer_advantages.GAEConfig)."""
     if cfg.algo == "grpo":
         return partial(grpo_advantages, scale=cfg.scale)
     if cfg.algo == "rloo":
@@ -160,7 +160,9 @@ class PolicyGradientObjective:
         cfg = self.cfg
         ppo = cfg.algo == "ppo"
         logits, tokens, values = completion_outputs(model, batch, values=ppo)
-        logp = tempered_token_logprobs(logits, tokens, self.temperature)
+        log_probs = tempered_log_softmax(logits, self.temperature)
+        del logits  # the log-softmax holds all the loss needs; the bf16 logits can go
+        logp = token_logprobs(log_probs, tokens)
         device = logp.device
         seq_ids = batch["seq_ids"].to(device)
         num_seqs = int(batch["completion_lens"].numel())
@@ -182,7 +184,7 @@ class PolicyGradientObjective:
             raise ValueError(f"the micro-batch counts {batch['num_units']} units but aggregation "
                              f"{cfg.aggregation!r} sums over {out.units}: set rollout.units to match")
         metrics = dict(out.metrics)
-        loss = out.loss - self._entropy_bonus(logits, seq_ids, num_seqs, metrics)
+        loss = out.loss - self._entropy_bonus(log_probs, seq_ids, num_seqs, metrics)
         if ppo:
             loss = loss + self._value_loss(values, batch, seq_ids, num_seqs, metrics)
         self._step_seqs += num_seqs
@@ -191,11 +193,11 @@ class PolicyGradientObjective:
     def _aggregate(self, per_token: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:
         return aggregate(per_token, seq_ids, num_seqs, self.cfg.aggregation, self.max_completion_len).total
 
-    def _entropy_bonus(self, logits: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int, metrics: dict):
-        """entropy_coef x the entropy aggregated like the loss (0 when off: then no graph is kept); logs
-        `entropy` either way."""
+    def _entropy_bonus(self, log_probs: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int, metrics: dict):
+        """entropy_coef x the entropy of the tempered distribution, `log_probs` [N, V], aggregated like the
+        loss (0 when off: then no graph is kept); logs `entropy` either way."""
         coef = self.cfg.entropy_coef
-        entropy = entropy_from_logits(logits if coef else logits.detach(), temperature=self.temperature)
+        entropy = entropy_from_logprobs(log_probs if coef else log_probs.detach())
         metrics["entropy"] = unit_sum(entropy, seq_ids, num_seqs, self.cfg.aggregation)
         return coef * self._aggregate(entropy, seq_ids, num_seqs) if coef else 0.0
 

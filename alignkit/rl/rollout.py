@@ -10,15 +10,9 @@ and then computes advantages. The buffer then serves `ppo_epochs` passes, each i
 of `mini_batches` optimizer steps of (at most) `grad_accum` micro-batches each.
 
 Advantages come after the log-probs, so the KL to the reference can be part of the reward (`reward_kl`):
-  * sequence level (GRPO, RLOO, REINFORCE): `advantage_fn(rewards [B], group_ids [B])` on the rewards,
-    minus coef x each sequence's summed per-token KL when the KL is in the reward (`kl_penalised_rewards`);
-  * token level (PPO, `gae`): the policy is an `rl.value_head.ActorCritic`, whose values at every completion
-    token come from the same forward as the old log-probs; the token rewards (`ppo_token_rewards`: the score
-    at the last completion token, -coef x the token's KL at every token when the KL is in the reward) go
-    through GAE to per-token advantages (whitened over the buffer's trained tokens) and returns.
-With the KL in the reward the coefficient is the KL controller's value at rollout time; the controller,
-which the objective owns and checkpoints, then takes the rollout's KL (per unit, as a loss would log it).
-Truncated samples count as ended: GAE does not bootstrap them from a value.
+rl/buffer_advantages.py assigns them, at the sequence level with `advantage_fn` (GRPO, RLOO, REINFORCE) or
+per token with GAE (PPO, `gae`; the policy is then an `rl.value_head.ActorCritic`, whose values at every
+completion token come from the same forward as the old log-probs).
 
 Sampler (`backend`): `local` runs LocalBackend on the policy itself; `vllm` runs a vLLM engine in this
 process, started from the policy's weights at the first rollout and given the trained ones before every
@@ -71,18 +65,11 @@ from alignkit.generation.backend import SamplingParams, check_sampling_params
 from alignkit.generation.local import LocalBackend
 from alignkit.models.lora import is_peft
 from alignkit.rewards.interface import Sample as RewardSample
-from alignkit.rl.advantages import gae, grpo_advantages, kl_penalised_rewards, ppo_token_rewards, whiten
-from alignkit.rl.buffer import (
-    UNITS,
-    Sample,
-    micro_batch,
-    scatter_tokens,
-    seq_ids_of,
-    shuffled_chunks,
-)
-from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController, token_kl
+from alignkit.rl.advantages import grpo_advantages
+from alignkit.rl.buffer import UNITS, Sample, micro_batch, scatter_tokens, shuffled_chunks
+from alignkit.rl.buffer_advantages import AdvantageFn, GAEConfig, RewardKL, assign_advantages
 from alignkit.rl.logprobs import completion_logprobs, completion_outputs, loss_temperature, tempered_token_logprobs
-from alignkit.rl.prompts import PromptStream, as_rl_prompts
+from alignkit.rl.prompts import PromptStream, as_prompt_records
 from alignkit.rl.value_head import is_actor_critic, unwrap_policy
 from alignkit.rl.vllm_rollout import VLLMSampler
 from alignkit.training.distributed import rank_world
@@ -94,7 +81,6 @@ BACKENDS = ("local", "vllm")
 # Gets one rewards.interface.Sample per completion (prompt messages, completion text, the prompt record's
 # other fields, and the number of tokens generated, EOS included), returns one reward each.
 RewardFn = Callable[[list[RewardSample]], Sequence[float]]
-AdvantageFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -146,26 +132,6 @@ class RolloutConfig:
                               top_k=self.top_k, n=self.group_size, seed=seed, stop=self.stop, return_tokens=True)
 
 
-@dataclass
-class GAEConfig:
-    """PPO's per-token advantages: generalised advantage estimation with the critic's values."""
-    gamma: float = 1.0  # discount per token
-    lam: float = 0.95  # GAE's lambda: 1 is the Monte Carlo return minus the value, 0 the one-step TD error
-    whiten: bool = True  # normalise the advantages over the buffer's trained tokens
-
-
-@dataclass
-class RewardKL:
-    """The KL to the reference inside the reward, -controller.value x the per-token `estimator` (k1, as TRL's
-    PPO and RLOO). `controller` is the objective's own, so its state is checkpointed with the objective."""
-    controller: FixedKLController | AdaptiveKLController
-    estimator: str = "k1"
-
-    def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
-
-
 def derived_seed(*parts: int) -> int:
     digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
@@ -202,7 +168,7 @@ class RolloutSource:
             raise ValueError("give advantage_fn (sequence advantages) or gae (per-token ones), not both")
         if reward_kl is not None and reference is None:
             raise ValueError("reward_kl needs a reference model to measure the KL against")
-        self.prompts = as_rl_prompts(prompts)
+        self.prompts = as_prompt_records(prompts)
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.config = config or RolloutConfig()
         self.advantage_fn = advantage_fn or grpo_advantages
@@ -329,7 +295,9 @@ class RolloutSource:
         t0 = time.perf_counter()
         self._compute_logprobs(model)
         logprob_seconds = time.perf_counter() - t0
-        kl_stats = self._assign_advantages()
+        kl_stats = assign_advantages(self.buffer, units=self.config.units,
+                                     advantage_fn=None if self.gae is not None else self.advantage_fn,
+                                     gae=self.gae, reward_kl=self.reward_kl)
         self._record_stats(gen_seconds, gen_tokens, logprob_seconds, time.perf_counter() - started,
                            {**kl_stats, **sync})
 
@@ -376,64 +344,6 @@ class RolloutSource:
             if values is not None:
                 scatter_tokens(samples, values, "old_values")
             del logits  # [N, V]: not held while the reference runs
-
-    # ----- advantages -----
-
-    def _assign_advantages(self) -> dict:
-        """Every trained sample's advantages (and PPO's returns); returns the KL statistics of the rollout
-        when the KL is in the reward."""
-        token_kls, coef, stats = self._reward_kl()
-        if self.gae is not None:
-            self._token_advantages(token_kls, coef)
-        else:
-            self._sequence_advantages(token_kls, coef)
-        return stats
-
-    def _reward_kl(self) -> tuple[list[torch.Tensor] | None, float, dict]:
-        """(per sample its per-token KL estimate, the coefficient, stats) with the KL in the reward, else
-        (None, 0, {}). The controller's value now is the coefficient; the rollout's KL then updates it, once
-        per rollout, from its trained samples, averaged per unit as the loss's `kl` would be."""
-        if self.reward_kl is None:
-            return None, 0.0, {}
-        controller = self.reward_kl.controller
-        coef = controller.value
-        kls = [token_kl(s.old_logprobs, s.ref_logprobs, self.reward_kl.estimator) for s in self.buffer]
-        trained = [k for k, s in zip(kls, self.buffer) if s.trained]
-        if self.config.units == "tokens":
-            measured = float(torch.cat(trained).mean())
-        else:
-            measured = float(torch.stack([k.mean() for k in trained]).mean())
-        controller.update(measured, len(trained))
-        return kls, coef, {"kl": measured, "kl_coef": coef}
-
-    def _sequence_advantages(self, token_kls: list[torch.Tensor] | None, coef: float) -> None:
-        rewards = torch.tensor([s.reward for s in self.buffer], dtype=torch.float32)
-        if token_kls is not None:
-            lengths = [k.numel() for k in token_kls]
-            rewards = kl_penalised_rewards(rewards, torch.cat(token_kls), seq_ids_of(lengths), coef)
-        groups = torch.tensor([s.group for s in self.buffer], dtype=torch.long)
-        advantages = torch.as_tensor(self.advantage_fn(rewards, groups), dtype=torch.float32).reshape(-1)
-        if advantages.numel() != len(self.buffer) or not bool(torch.isfinite(advantages).all()):
-            raise ValueError(f"advantage_fn must return {len(self.buffer)} finite values, got {advantages.numel()}")
-        for s, a in zip(self.buffer, advantages.tolist()):
-            s.advantage = a
-
-    def _token_advantages(self, token_kls: list[torch.Tensor] | None, coef: float) -> None:
-        """GAE over the trained samples' token rewards, all sequences at once (nothing crosses a sequence)."""
-        index = [i for i, s in enumerate(self.buffer) if s.trained]
-        samples = [self.buffer[i] for i in index]
-        seq_ids = seq_ids_of([len(s.completion_ids) for s in samples])
-        scores = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-        kl = torch.cat([token_kls[i] for i in index]) if token_kls is not None else None
-        rewards = ppo_token_rewards(scores, seq_ids, token_kl=kl, kl_coef=coef)
-        values = torch.cat([s.old_values for s in samples])
-        advantages, returns = gae(rewards, values, seq_ids, len(samples), gamma=self.gae.gamma, lam=self.gae.lam)
-        if self.gae.whiten:
-            advantages = whiten(advantages)
-        scatter_tokens(samples, advantages, "token_advantages")
-        scatter_tokens(samples, returns, "returns")
-        for s in samples:
-            s.advantage = float(s.token_advantages[0])
 
     def _record_stats(self, gen_seconds: float, gen_tokens: int, logprob_seconds: float, seconds: float,
                       extra: dict) -> None:

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 
-from alignkit.atomic_write import write_text_atomic
 from alignkit.config import ConfigError, require, require_number, to_dict
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
@@ -35,14 +33,15 @@ from alignkit.rl.objective import (
     PolicyLossConfig,
     advantage_fn,
 )
-from alignkit.rl.prompts import read_rl_prompts
+from alignkit.data.prompts import read_prompt_records
 from alignkit.rl.reward_fn import RolloutReward
-from alignkit.rl.rollout import GAEConfig, RewardKL, RolloutConfig, RolloutSource
+from alignkit.rl.buffer_advantages import GAEConfig, RewardKL
+from alignkit.rl.rollout import RolloutConfig, RolloutSource
 from alignkit.rl.value_head import ActorCritic, load_critic, save_value_model, unwrap_policy
 from alignkit.training.config import TrainConfig
-from alignkit.training.distributed import is_main
 from alignkit.training.loop import TrainResult, train
 from alignkit.training.run import finish_run, prepare_run, save_lm
+from alignkit.training.tracking import StepLog
 
 SAMPLES = "samples.jsonl"
 
@@ -90,42 +89,23 @@ class RLConfig(PolicyLossConfig):
                                   "a Linux machine with a CUDA GPU); rollout.backend=local samples with transformers")
 
 
-class SampleLog:
-    """samples.jsonl: the first `count` generations of each rollout, written at the step that sampled it.
-
-    A resumed run repeats the steps after its checkpoint, so lines from those steps are dropped first."""
+class SampleLog(StepLog):
+    """samples.jsonl: the first `count` generations of each rollout, written at the step that sampled it."""
 
     def __init__(self, path: str, source: RolloutSource, tokenizer, count: int):
-        self.path, self.source, self.tokenizer, self.count = path, source, tokenizer, count
-        self.started = False
+        super().__init__(path, count)
+        self.source, self.tokenizer = source, tokenizer
 
-    def _drop_from(self, step: int) -> None:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] < step]
-        write_text_atomic(self.path, "".join(kept))
-
-    def __call__(self, step: int, record: dict) -> None:
-        if not is_main() or self.count == 0:
-            return
-        if not self.started:
-            self._drop_from(step)
-            self.started = True
+    def records(self, step: int) -> list[dict]:
         if self.source.rollout_step != step - 1:  # this step trained on an earlier rollout
-            return
-        lines = []
-        for s in self.source.buffer[:self.count]:
-            prompt = self.tokenizer.decode(s.prompt_ids, skip_special_tokens=False)
-            lines.append(json.dumps({"step": step, "group": s.group, "prompt": prompt, "completion": s.text,
-                                     "reward": s.reward, "advantage": s.advantage, "truncated": s.truncated,
-                                     "completion_tokens": len(s.completion_ids)}, ensure_ascii=False))
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+            return []
+        return [{"step": step, "group": s.group, "prompt": self.tokenizer.decode(s.prompt_ids, skip_special_tokens=False),
+                 "completion": s.text, "reward": s.reward, "advantage": s.advantage, "truncated": s.truncated,
+                 "completion_tokens": len(s.completion_ids)} for s in self.source.buffer[:self.count]]
 
 
 def load_prompts(cfg: RLConfig, tokenizer) -> tuple[list, list, dict]:
-    prompts = read_rl_prompts(cfg.prompts, skip_bad=cfg.skip_bad)
+    prompts = read_prompt_records(cfg.prompts, skip_bad=cfg.skip_bad)
     report = {"prompts": len(prompts), "files": [spec.path for spec in cfg.prompts]}
     print(f"{len(prompts)} prompts from {len(cfg.prompts)} file(s)", flush=True)
     return prompts, [], report

@@ -148,15 +148,19 @@ def make_objective(cfg: PrefLossConfig, live: LiveReference | None = None):
     return SFTObjective()
 
 
-def prepare_reference(cfg: PrefConfig, model, tokenizer, examples: list[PrefExample]) -> LiveReference | None:
-    """Attach cached reference log-probs (precomputed) or return the per-step reference (live)."""
+def prepare_reference(cfg: PrefConfig, model, tokenizer, examples: list[PrefExample],
+                      reference_model=None) -> LiveReference | None:
+    """Attach cached reference log-probs (precomputed) or return the per-step reference (live). The reference
+    is `model` as it starts, or `reference_model` when given (iterative DPO's first model, in a later round)."""
     if not cfg.needs_reference:
         return None
+    reference = model if reference_model is None else reference_model
     if cfg.reference == "live":
-        return LiveReference(model, cfg.train.precision)
+        return LiveReference(reference, cfg.train.precision)
     # Rank 0 computes and caches the log-probs; the other ranks then load them rather than write the same file.
+    # The cache key holds a fingerprint of the reference's weights, so another reference never reuses them.
     report = main_first(lambda: attach_reference(
-        model, examples, model_id=cfg.model.name, template=tokenizer.chat_template or "",
+        reference, examples, model_id=cfg.model.name, template=tokenizer.chat_template or "",
         max_length=cfg.data.max_length, cache_dir=cfg.reference_cache, batch_size=cfg.reference_batch_size,
         precision=cfg.train.precision))
     print(report.summary(), flush=True)
@@ -170,8 +174,9 @@ def load_run_data(cfg: PrefConfig, tokenizer) -> tuple[list, list, dict]:
     return load_pref_data(cfg.data, tokenizer, kind=data_kind(cfg.loss), seed=cfg.train.seed)
 
 
-def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None) -> TrainResult:
-    """Train with the configured preference loss; the final model goes to output_dir/final (HF layout)."""
+def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None, reference_model=None) -> TrainResult:
+    """Train with the configured preference loss; the final model goes to output_dir/final (HF layout). The
+    reference is the starting model, or `reference_model` (a frozen model with the same tokenizer)."""
     from alignkit.models.loading import load_model
     from alignkit.models.lora import apply_lora, merge_lora
 
@@ -183,7 +188,8 @@ def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None) -> Tr
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
     examples = ctx.train_examples + ctx.eval_examples
-    live = None if cfg.loss == "control" else prepare_reference(cfg, model, ctx.tokenizer, examples)
+    live = None if cfg.loss == "control" else prepare_reference(cfg, model, ctx.tokenizer, examples,
+                                                                  reference_model)
     result = train(model, make_objective(cfg, live), ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
     finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))

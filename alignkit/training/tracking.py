@@ -53,6 +53,32 @@ class MetricsLogger:
                 close()
 
 
+class StepLog:
+    """A JSONL file of a few records per training step (RL's samples.jsonl, online DPO's pairs.jsonl), called
+    as the loop's on_step; `records(step)` gives the step's records. Rank 0 writes. A resumed run repeats the
+    steps after its checkpoint, so before the first write the lines of those steps are dropped."""
+
+    def __init__(self, path: str, count: int):
+        self.path, self.count = path, count
+        self.started = False
+
+    def records(self, step: int) -> list[dict]:
+        raise NotImplementedError
+
+    def __call__(self, step: int, record: dict) -> None:
+        from alignkit.training.distributed import is_main
+
+        if not is_main() or self.count == 0:
+            return
+        if not self.started:
+            _drop_after(self.path, step - 1)
+            self.started = True
+        rows = self.records(step)
+        if rows:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def _drop_after(path: str, step: int) -> None:
     """Keep the records up to `step`, so the file reads as one run: a resumed run replays the steps after
     its checkpoint, a fresh one (step 0) starts over. Rewritten through a renamed temp file, so a crash here

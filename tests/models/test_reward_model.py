@@ -184,12 +184,13 @@ def test_generated_samples_scored_by_a_reward_model_pair_by_reward(tmp_path, tin
     """generate --n 4, then score, then the DPO loader: pairs follow the rewards, not the sampling order."""
     from alignkit.data.preference import load_pairs
     from alignkit.generation.backend import SamplingParams
-    from alignkit.generation.files import generate_file, read_prompts
+    from alignkit.data.prompts import read_prompt_records
+    from alignkit.generation.files import generate_file
 
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}]}) + "\n"
                                     for q in ("name a fox", "say hello", "count to three")))
-    prompts, _ = read_prompts(str(prompts_file))
+    prompts = read_prompt_records([str(prompts_file)])
     generate_file(FixedSamples(), prompts, str(tmp_path / "gen.jsonl"), SamplingParams(n=4, temperature=1.0),
                   progress=False)
     score_file(random_head_rm(tiny_tok, seed=3), tiny_tok, str(tmp_path / "gen.jsonl"), str(tmp_path / "scored.jsonl"))

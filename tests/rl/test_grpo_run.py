@@ -196,11 +196,11 @@ def test_kl_against_the_starting_policy_in_bf16(tmp_path, model_dir, lora):
 
 def test_the_demo_config_loads_and_its_prompts_carry_their_format(monkeypatch):
     from alignkit.rewards.formats import FORMATS
-    from alignkit.rl.prompts import read_rl_prompts
+    from alignkit.data.prompts import read_prompt_records
 
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     cfg = load_config(RLConfig, "configs/grpo.yaml")
     assert cfg.algo == "grpo" and cfg.rewards[0].kind == "format" and not cfg.rewards[0].format
-    prompts = read_rl_prompts(cfg.prompts)
+    prompts = read_prompt_records(cfg.prompts)
     assert prompts and all(p.metadata["format"] in FORMATS for p in prompts)
     assert all(p.messages[-1]["role"] == "user" for p in prompts)  # the demo answer is left out of the prompt

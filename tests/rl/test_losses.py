@@ -10,6 +10,7 @@ from alignkit.rl.losses import (
     clipped_surrogate,
     clipped_value_loss,
     entropy_from_logits,
+    entropy_from_logprobs,
     explained_variance,
     gspo_log_ratio,
     loss_units,
@@ -260,6 +261,26 @@ def test_entropy_from_logits_formula_chunks_and_gradient():
     torch.testing.assert_close(g1, g2)
     assert entropy_from_logits(logits.detach().bfloat16()).dtype == torch.float32
     assert entropy_from_logits(logits.detach().reshape(1, 7, 11)).shape == (1, 7)
+
+
+def test_entropy_from_logprobs_formula_chunks_gradient_and_excluded_tokens():
+    logits = (torch.randn(7, 11, generator=torch.Generator().manual_seed(9)) * 3).requires_grad_(True)
+    logprobs = torch.log_softmax(logits, -1)
+    ent = entropy_from_logprobs(logprobs, chunk_size=2)
+    direct = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    torch.testing.assert_close(ent, direct)
+    torch.testing.assert_close(torch.autograd.grad(ent.sum(), logits)[0], torch.autograd.grad(direct.sum(), logits)[0])
+    torch.testing.assert_close(ent, entropy_from_logits(logits, temperature=1.0))
+    # Tempered: the entropy of softmax(logits / T), the distribution the sampler drew from.
+    torch.testing.assert_close(entropy_from_logits(logits, temperature=0.5),
+                               entropy_from_logprobs(torch.log_softmax(logits / 0.5, -1)))
+    # A masked token (-inf logit) has probability 0 and adds nothing: finite, and equal to the entropy
+    # over the remaining tokens.
+    masked = logits.detach().clone()
+    masked[:, 0] = float("-inf")
+    ent_masked = entropy_from_logprobs(torch.log_softmax(masked, -1))
+    assert torch.isfinite(ent_masked).all()
+    torch.testing.assert_close(ent_masked, entropy_from_logits(logits.detach()[:, 1:]))
 
 
 def test_entropy_of_tiny_model_logits_agrees_with_trl(tiny_lm):

@@ -23,7 +23,8 @@ from alignkit.rl.kl import AdaptiveKLController, FixedKLController
 from alignkit.rl.logprobs import completion_outputs, tempered_token_logprobs
 from alignkit.rl.losses import aggregate, explained_variance, policy_loss
 from alignkit.rl.objective import PolicyGradientObjective, PolicyLossConfig
-from alignkit.rl.rollout import GAEConfig, RewardKL, RolloutConfig, RolloutSource
+from alignkit.rl.buffer_advantages import GAEConfig, RewardKL
+from alignkit.rl.rollout import RolloutConfig, RolloutSource
 from alignkit.rl.run import RLConfig, run_rl
 from alignkit.rl.value_head import VALUE_HEAD, ActorCritic, load_critic, transformer_of, unwrap_policy
 from alignkit.training.forward import packed_logits

@@ -1,6 +1,6 @@
 """Prompt files for online RL: every prompt keeps its record's fields, which reach the reward function."""
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
-from alignkit.rl.prompts import read_rl_prompts
+from alignkit.data.prompts import read_prompt_records
 from alignkit.rl.rollout import RolloutConfig, RolloutSource
 
 
@@ -8,7 +8,7 @@ def test_prompt_files_keep_their_records_fields_for_rewards(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],'
                     ' "answer": "4"}\n{"prompt": "capital of France?", "label": "paris"}\n')
-    prompts = read_rl_prompts(str(path))
+    prompts = read_prompt_records(str(path))
     assert [p.messages[-1]["content"] for p in prompts] == ["2+2?", "capital of France?"]
     assert prompts[0].metadata["answer"] == "4" and prompts[0].metadata["reference"] == "4"
     assert prompts[1].metadata["label"] == "paris" and prompts[1].metadata["source"].endswith(":2")

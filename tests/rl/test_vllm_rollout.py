@@ -14,7 +14,8 @@ from alignkit.data.chat import tokenize_prompt
 from alignkit.generation.local import _row_seed
 from alignkit.models.lora import LoraConfig, apply_lora
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
-from alignkit.rl.rollout import GAEConfig, RolloutConfig, RolloutSource, derived_seed
+from alignkit.rl.buffer_advantages import GAEConfig
+from alignkit.rl.rollout import RolloutConfig, RolloutSource, derived_seed
 from alignkit.rl.run import run_rl
 from alignkit.rl.value_head import ActorCritic
 from alignkit.rl.vllm_rollout import policy_weights
