@@ -105,7 +105,8 @@ def main() -> None:
     rso = json.loads((method("rso", "rso", "output_dir", [f"sampling.cache={work / 'rso' / 'samples.sqlite'}"])
                       / "report.json").read_text())
     rows.append(heldout_row("RSO + DPO", rso["heldout"]["after"], times["rso"],
-                            f"acceptance {rso.get('acceptance_rate', float('nan')):.2f}"))
+                            f"{rso['accepted']} of {rso['candidates']} candidates accepted (first-pass chance "
+                            f"{rso['expected_acceptance']:.2f}), {rso['pairs']} pairs"))
     online = method("online_dpo", "online-dpo", "train.output_dir", done="heldout.json")
     rows.append(heldout_row("online DPO", json.loads((online / "heldout.json").read_text())["after"],
                             times["online_dpo"]))

@@ -27,7 +27,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from alignkit.config import ConfigError, require, require_choice, require_number
+from alignkit.config import require, require_choice, require_number
 from alignkit.data.preference import PAIR_RULES
 from alignkit.data.readers import DataSpec
 from alignkit.reward_sampling.rounds import (RoundsConfig, RoundState, adopt_finished_training, check_round_train,
@@ -49,15 +49,8 @@ class PrefRoundConfig(PrefLossConfig):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(PrefLossConfig)}
 
     def validate(self, where: str = "pref") -> None:
-        from alignkit.training.pref_run import PrefConfig
-
         require_choice(where, "loss", self.loss, PAIR_LOSSES)
-        try:
-            PrefConfig(**self.loss_settings()).validate(where)  # the checks `alignkit pref` makes
-        except ConfigError:
-            raise
-        except ValueError as error:
-            raise ConfigError(f"{where}: {error}") from None
+        self.validate_loss(where)  # the checks `alignkit pref` makes
         check_round_train(self.train, f"{where}.train")
 
 

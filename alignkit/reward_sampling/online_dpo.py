@@ -24,7 +24,6 @@ from functools import partial
 
 from alignkit.atomic_write import write_json_atomic
 from alignkit.config import (
-    ConfigError,
     require,
     require_choice,
     require_number,
@@ -76,20 +75,13 @@ class OnlineDPOConfig(PrefLossConfig):
     def validate(self, where: str = "") -> None:
         """The loss, pairing and step settings (model, sampling and train check themselves first)."""
         require_choice(where, "loss", self.loss, PAIR_LOSSES)
-        try:
-            self.check()
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        self.validate_loss(where)
         require(self.reference == "live", where, "reference",
                 "live (online pairs get the frozen starting policy's log-probs as they are sampled)", self.reference)
         defaults = PrefLossConfig()
         for key in UNUSED_KEYS:
             require(getattr(self, key) == getattr(defaults, key), where, key, "left out (online DPO does not use it)",
                     getattr(self, key))
-        require_number(where, "beta", self.beta, low=0, low_open=True)
-        for key in ("simpo_gamma", "slic_delta", "slic_reg_weight", "orpo_weight"):
-            if getattr(self, key) is not None:
-                require_number(where, key, getattr(self, key), low=0)
         require(len(self.prompts) > 0, where, "prompts", "a list of at least one prompt file", self.prompts)
         validate_reward_specs(self.rewards, "rewards")
         require_number("sampling", "n", self.sampling.n, low=2, whole=True)

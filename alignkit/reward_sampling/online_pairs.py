@@ -19,8 +19,9 @@ Choices, each a place where a guess would make a silently wrong pair:
   in any pair, neither chosen nor rejected: its `failure_reward` is a stand-in for RL's averages, not a
   judgement of its text. It still counts in `reward_mean` with that stand-in (as the reward reports it),
   and in `failed_samples`.
-* Equal rewards never make a pair (ranking_to_pairs), nor do two samples with the same text. A prompt
-  whose scored samples all tie gives no pair and is counted in `tied_prompts`.
+* Equal rewards never make a pair (ranking_to_pairs), nor do two samples with the same text, nor an empty
+  one (selection.pair_samples, the pairing iterative DPO uses too). A prompt whose scored samples all tie
+  gives no pair and is counted in `tied_prompts`.
 * A pair longer than `max_length` tokens (prompt + either response) is dropped, never cut: a cut response
   would train on an ending the reward never saw. Counted in `overlong_pairs`.
 * Samples cut at max_tokens are ranked like the rest: the reward decides (the demo's format check fails
@@ -49,9 +50,8 @@ from alignkit.data.pref_examples import PrefExample, build_examples, pair_items
 from alignkit.data.preference import (
     PAIR_RULES,
     PreferencePair,
-    Ranking,
-    ranking_to_pairs,
 )
+from alignkit.data.prompts import PromptRecord
 from alignkit.generation.local import LocalBackend
 from alignkit.reward_sampling.candidates import (
     PromptSamples,
@@ -59,8 +59,8 @@ from alignkit.reward_sampling.candidates import (
     ScoredSample,
     sample_and_score,
 )
+from alignkit.reward_sampling.selection import pair_samples
 from alignkit.rewards.interface import Reward, RewardResult
-from alignkit.data.prompts import PromptRecord
 from alignkit.rl.prompts import PromptStream, as_prompt_records
 from alignkit.rl.rollout import derived_seed
 from alignkit.training.distributed import rank_world
@@ -80,21 +80,16 @@ class OnlinePair:
 
 
 def prompt_pairs(item: PromptSamples, rule: str, threshold: float = 0.0) -> list[OnlinePair]:
-    """The pairs `rule` makes of one prompt's scored samples (chosen always the higher reward); failed
-    samples and pairs of identical texts are left out."""
-    scored = [s for s in item.samples if s.failure is None]
-    if len(scored) < 2:
-        return []
-    responses = [[{"role": "assistant", "content": s.text}] for s in scored]
-    ranking = Ranking(item.prompt.messages, responses, [s.reward for s in scored],
-                      source=str(item.prompt.metadata.get("source", "")))
-    sample_of = {id(response): s for response, s in zip(responses, scored)}  # ranking_to_pairs keeps the objects
-    pairs = []
-    for pair in ranking_to_pairs(ranking, rule, threshold=threshold):
-        chosen, rejected = sample_of[id(pair.chosen)], sample_of[id(pair.rejected)]
-        if chosen.text != rejected.text:
-            pairs.append(OnlinePair(pair, chosen, rejected, item.prompt))
-    return pairs
+    """The pairs `rule` makes of one prompt's samples (chosen always the higher reward), by the one pairing
+    rule the sampling methods share (selection.pair_samples): failed and empty samples and repeated texts
+    take no part; truncated ones are ranked like the rest."""
+    result = pair_samples(item.samples, rule, threshold=threshold, keep_truncated=True)
+    return [OnlinePair(PreferencePair(item.prompt.messages, [{"role": "assistant", "content": item.samples[c].text}],
+                                      [{"role": "assistant", "content": item.samples[r].text}],
+                                      source=str(item.prompt.metadata.get("source", "")),
+                                      margin=item.samples[c].reward - item.samples[r].reward),
+                       item.samples[c], item.samples[r], item.prompt)
+            for c, r in result.pairs]
 
 
 class _TimedReward:

@@ -196,12 +196,7 @@ class RSOPrefConfig(PrefLossConfig):
         require_number(where, "eval_fraction", self.eval_fraction, low=0, high=1, high_open=True)
         require(self.train.output_dir == TrainConfig().output_dir, f"{where}.train", "output_dir",
                 "left out (RSO trains in <output_dir>/train)", self.train.output_dir)
-        try:
-            self.loss_config().validate(where)
-        except ConfigError:
-            raise
-        except ValueError as error:  # PrefLossConfig.check names the top-level key: say it is under pref
-            raise ConfigError(f"{where}: {error}") from None
+        self.validate_loss(where)
 
 
 @dataclass

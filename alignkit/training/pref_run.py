@@ -57,14 +57,7 @@ class PrefConfig(PrefLossConfig):
 
     def validate(self, where: str = "") -> None:
         """The loss settings (the model, data and train sections validate themselves: see validate_config)."""
-        self.check()
-        require_number(where, "beta", self.beta, low=0, low_open=True)
-        require_number(where, "label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
-        for key in ("orpo_weight", "kto_desirable_weight", "kto_undesirable_weight"):
-            require_number(where, key, getattr(self, key), low=0)
-        for key in ("simpo_gamma", "slic_delta", "slic_reg_weight", "sft_weight"):  # None: unset
-            if getattr(self, key) is not None:
-                require_number(where, key, getattr(self, key), low=0)
+        self.validate_loss(where)
         if self.loss == "control":
             self.control.check()
         if self.loss == "kto" and self.train.batch_size < 2:

@@ -61,6 +61,23 @@ class PrefLossConfig:
         if self.reference_batch_size < 1:
             raise ValueError(f"reference_batch_size must be >= 1, got {self.reference_batch_size}")
 
+    def validate_loss(self, where: str = "") -> None:
+        """The loss settings as every command training with them checks them: ConfigErrors naming the key
+        (under `where`, e.g. "pref" for a method's pref section)."""
+        from alignkit.config import ConfigError, require_number
+
+        try:
+            self.check()
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}" if where else str(error)) from None
+        require_number(where, "beta", self.beta, low=0, low_open=True)
+        require_number(where, "label_smoothing", self.label_smoothing, low=0, high=0.5, high_open=True)
+        for key in ("orpo_weight", "kto_desirable_weight", "kto_undesirable_weight"):
+            require_number(where, key, getattr(self, key), low=0)
+        for key in ("simpo_gamma", "slic_delta", "slic_reg_weight", "sft_weight"):  # None: unset
+            if getattr(self, key) is not None:
+                require_number(where, key, getattr(self, key), low=0)
+
     @property
     def needs_reference(self) -> bool:
         return self.loss in REFERENCE_LOSSES
