@@ -164,8 +164,13 @@ def read_sections(path: str | os.PathLike) -> tuple[dict, dict]:
         return {}, {"ifeval": [_ifeval_entry(data, path)]}
     if "format_version" in data:  # a report.json written by write_report
         return data.get("meta", {}), {k: v for k, v in data.items() if k in SECTIONS}
-    raise DataError(f"{path}: not an alignkit results file (no \"format\": \"{RESULTS_FORMAT}\"), report JSON "
-                    "or IFEval result")
+    from alignkit.reward_sampling.report_sections import report_sections
+
+    sections = report_sections(data)  # a best-of-n, expert-iteration, iterative-DPO or RSO report.json
+    if sections is not None:
+        return {"method": data["method"]}, sections
+    raise DataError(f"{path}: not an alignkit results file (no \"format\": \"{RESULTS_FORMAT}\"), report JSON, "
+                    "IFEval result or best-of-n / expert-iteration / iterative-DPO / RSO report")
 
 
 def merge_sections(files: Sequence[str | os.PathLike]) -> tuple[dict, dict]:

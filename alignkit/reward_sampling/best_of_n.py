@@ -173,7 +173,7 @@ def summarize(scored: list[PromptSamples], n: int) -> tuple[dict, list[int | Non
                             report_ks(n)) if kept else []
     samples = [s for item in scored for s in item.samples]
     report = {
-        "prompts": len(scored), "n": n, "samples": len(samples),
+        "method": "best-of-n", "prompts": len(scored), "n": n, "samples": len(samples),
         "scored_prompts": len(kept),  # prompts with a choice: best.jsonl's records, and the curve's prompts
         "failed_samples": sum(s.failure is not None for s in samples),
         "chosen_failed": sum(index is not None and item.samples[index].failure is not None

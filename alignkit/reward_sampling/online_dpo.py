@@ -40,7 +40,7 @@ from alignkit.data.prompts import read_prompt_records
 from alignkit.rl.run import load_prompts
 from alignkit.training.config import TrainConfig
 from alignkit.training.distributed import is_main
-from alignkit.training.loop import TrainResult, train
+from alignkit.training.loop import TrainResult, chain_on_step, train
 from alignkit.training.preference import PAIR_LOSSES, PairwiseObjective, PrefLossConfig
 from alignkit.training.reference import LiveReference
 from alignkit.training.run import finish_run, prepare_run, save_lm
@@ -145,14 +145,6 @@ def measure_heldout(model, tokenizer, prompts: list, reward, cfg: OnlineDPOConfi
     return {**result.as_dict(), "seconds": time.perf_counter() - started}
 
 
-def _chain(*callbacks):
-    def on_step(step: int, record: dict) -> None:
-        for callback in callbacks:
-            if callback is not None:
-                callback(step, record)
-    return on_step
-
-
 def run_online_dpo(cfg: OnlineDPOConfig, *, model=None, tokenizer=None, on_step=None,
                    judge_backend=None) -> TrainResult:
     """Train with pairs the policy samples every step; the final model goes to output_dir/final (HF layout)."""
@@ -179,7 +171,7 @@ def run_online_dpo(cfg: OnlineDPOConfig, *, model=None, tokenizer=None, on_step=
                               max_resamples=cfg.max_resamples, shuffle_prompts=cfg.shuffle_prompts)
     pair_log = PairLog(os.path.join(ctx.out, PAIRS), source, cfg.log_pairs)
     result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),
-                   on_step=_chain(pair_log, on_step))
+                   on_step=chain_on_step(pair_log, on_step))
     finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
     after = measure_heldout(model, ctx.tokenizer, ctx.eval_examples, reward, cfg)
     if is_main():

@@ -289,7 +289,8 @@ def selection_report(scored: list[PromptSamples], selections: list[Selection]) -
     chosen = [item.samples[c].reward for item, s in zip(scored, selections) for c, _ in s.pairs]
     rejected = [item.samples[r].reward for item, s in zip(scored, selections) for _, r in s.pairs]
     return {
-        "prompts": len(scored), "candidates": sum(len(item.samples) for item in scored), "eligible": eligible,
+        "method": "rso", "prompts": len(scored), "candidates": sum(len(item.samples) for item in scored),
+        "eligible": eligible,
         "blank": sum(not x.text.strip() for item in scored for x in item.samples),
         "reward_failures": sum(x.failure is not None for item in scored for x in item.samples),
         "accepted": accepted, "acceptance_rate": accepted / eligible if eligible else math.nan,

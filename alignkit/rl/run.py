@@ -39,7 +39,7 @@ from alignkit.rl.buffer_advantages import GAEConfig, RewardKL
 from alignkit.rl.rollout import RolloutConfig, RolloutSource
 from alignkit.rl.value_head import ActorCritic, load_critic, save_value_model, unwrap_policy
 from alignkit.training.config import TrainConfig
-from alignkit.training.loop import TrainResult, train
+from alignkit.training.loop import TrainResult, chain_on_step, train
 from alignkit.training.run import finish_run, prepare_run, save_lm
 from alignkit.training.tracking import StepLog
 
@@ -153,14 +153,6 @@ def save_final(model, tokenizer, folder: str, *, lora: bool, merge: bool) -> Non
         save_value_model(model, folder)
 
 
-def _chain(*callbacks):
-    def on_step(step: int, record: dict) -> None:
-        for callback in callbacks:
-            if callback is not None:
-                callback(step, record)
-    return on_step
-
-
 def run_rl(cfg: RLConfig, *, model=None, tokenizer=None, on_step=None, judge_backend=None) -> TrainResult:
     """Train the policy with the configured algorithm; the final model goes to output_dir/final (HF layout)."""
     from alignkit.models.loading import load_model
@@ -191,7 +183,7 @@ def run_rl(cfg: RLConfig, *, model=None, tokenizer=None, on_step=None, judge_bac
     samples = SampleLog(os.path.join(ctx.out, SAMPLES), source, ctx.tokenizer, cfg.samples_per_step)
     try:
         result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),
-                       on_step=_chain(samples, on_step))
+                       on_step=chain_on_step(samples, on_step))
     finally:
         source.close()  # drops the vLLM engine and removes its folder
     finish_run(ctx, result, partial(save_final, model, ctx.tokenizer, lora=cfg.model.lora.enabled,

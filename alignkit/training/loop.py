@@ -224,6 +224,15 @@ def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig) 
     return {f"eval_{k}": all_sum(v) / max(units, 1) for k, v in sums.items()}
 
 
+def chain_on_step(*callbacks: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
+    """One `on_step` for train() that calls each given callback in turn (None ones skipped)."""
+    def on_step(step: int, record: dict) -> None:
+        for callback in callbacks:
+            if callback is not None:
+                callback(step, record)
+    return on_step
+
+
 def _param_groups(weights: dict, cfg: TrainConfig, lr_scale) -> list[dict]:
     """AdamW groups: no weight decay for vectors (norms, biases), and one group per learning-rate scale.
     The first group is always the policy's own (cfg.lr), whose rate the log reports."""
