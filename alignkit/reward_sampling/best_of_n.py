@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from alignkit.config import require, require_number, validate_config
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
-from alignkit.reward_sampling.candidates import PromptSamples, SamplingConfig, sample_and_score, samples_record
+from alignkit.reward_sampling.candidates import (PromptSamples, SamplingConfig, sample_and_score, samples_record,
+                                                 with_sampling_cache)
 from alignkit.rewards.spec import RewardSpec, validate_reward_specs
 
 SAMPLES, BEST, REPORT = "samples.jsonl", "best.jsonl", "report.json"
@@ -205,7 +206,6 @@ def run_best_of_n(cfg: BestOfNConfig, *, backend=None, judge_backend=None) -> di
     the report. `backend` replaces the model cfg.model names (tests, or a caller holding a model);
     `judge_backend` replaces a judge reward's backend."""
     from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
-    from alignkit.generation.cache import CachedBackend
     from alignkit.paths import check_output_dir
     from alignkit.rewards.spec import build_reward
     from alignkit.data.prompts import read_prompt_records
@@ -220,17 +220,16 @@ def run_best_of_n(cfg: BestOfNConfig, *, backend=None, judge_backend=None) -> di
         raise ValueError(f"prompts: no prompt to answer in {', '.join(spec.path for spec in cfg.prompts)}")
     print(f"{len(prompts)} prompts, {cfg.sampling.n} samples each", flush=True)
     reward = build_reward(cfg.rewards, judge_backend=judge_backend)
-    sampler = backend if backend is not None else _local_backend(cfg)
-    cache = CachedBackend(sampler, cfg.sampling.cache) if cfg.sampling.cache else None
+    base = backend if backend is not None else _local_backend(cfg)
+    sampler = with_sampling_cache(base, cfg.sampling)
     try:
         sampling_started = time.perf_counter()
-        # Not `cache or sampler`: a CachedBackend has a length (the prompts it holds), so an empty one is falsy.
-        scored = sample_and_score(sampler if cache is None else cache, prompts, cfg.sampling.params(), reward,
-                                  progress=cfg.progress, desc="best-of-n")
+        scored = sample_and_score(sampler, prompts, cfg.sampling.params(), reward, progress=cfg.progress,
+                                  desc="best-of-n")
         sampling_s = time.perf_counter() - sampling_started
     finally:
-        if cache is not None:
-            cache.close()
+        if sampler is not base:  # the cache opened here
+            sampler.close()
     report, chosen = summarize(scored, cfg.sampling.n)
     os.makedirs(cfg.output_dir, exist_ok=True)
     paths = {name: os.path.join(cfg.output_dir, name) for name in (SAMPLES, BEST, REPORT)}
@@ -238,7 +237,7 @@ def run_best_of_n(cfg: BestOfNConfig, *, backend=None, judge_backend=None) -> di
     write_jsonl_atomic(paths[BEST], [best_record(item, index, cfg.model.name)
                                      for item, index in zip(scored, chosen) if index is not None])
     report.update(model=cfg.model.name, sampling_s=sampling_s, wall_s=time.perf_counter() - started,
-                  cache=None if cache is None else {"hits": cache.stats.hits, "misses": cache.stats.misses})
+                  cache=None if sampler is base else {"hits": sampler.stats.hits, "misses": sampler.stats.misses})
     write_json_atomic(paths[REPORT], report)
     if not report["curve"]:
         first = next(s.failure for item in scored for s in item.samples)

@@ -59,10 +59,16 @@ def sampling_backend(model, tokenizer, sampling: SamplingConfig, model_id: str) 
     model's that could share the file: `local_model_id` of a folder as loaded, or, for a model trained in
     place, the id with `training.reference.model_fingerprint` of its weights appended.
     """
-    from alignkit.generation.cache import CachedBackend
     from alignkit.generation.local import LocalBackend
 
-    backend = LocalBackend(model, tokenizer, batch_size=sampling.batch_size, model_id=model_id)
+    return with_sampling_cache(LocalBackend(model, tokenizer, batch_size=sampling.batch_size, model_id=model_id),
+                               sampling)
+
+
+def with_sampling_cache(backend: Backend, sampling: SamplingConfig) -> Backend:
+    """`backend` behind a CachedBackend on sampling.cache when one is set (close it when done), else itself."""
+    from alignkit.generation.cache import CachedBackend
+
     return CachedBackend(backend, sampling.cache) if sampling.cache else backend
 
 
