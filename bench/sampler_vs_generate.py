@@ -55,6 +55,26 @@ def plain_generate(model, tok, prompts: list[dict], a, seed: int) -> tuple[int, 
     return tokens, time.perf_counter() - start
 
 
+def greedy_check(model, tok, backend, prompts: list[dict], a) -> dict:
+    """Greedy decoding through the plain loop and through LocalBackend, row by row: the token ids each
+    produced up to and including its first EOS (`--max-tokens` at most), and how many prompts differ."""
+    from alignkit.generation.backend import SamplingParams
+
+    texts = [tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True) for p in prompts]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    plain = []
+    for first in range(0, len(rows), a.batch_size):
+        batch = tok.pad({"input_ids": rows[first:first + a.batch_size]}, padding_side="left", return_tensors="pt")
+        out = model.generate(**batch, do_sample=False, max_new_tokens=a.max_tokens, pad_token_id=tok.pad_token_id,
+                             min_new_tokens=0)
+        new = out[:, batch["input_ids"].shape[1]:]
+        plain += [r[:n] for r, n in zip(new.tolist(), _lengths(new, tok.eos_token_id).tolist())]
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, return_tokens=True)
+    ours = [r[0].token_ids for r in backend.chat([p["messages"] for p in prompts], params)]
+    differ = [i for i, (x, y) in enumerate(zip(plain, ours)) if x != y]
+    return {"prompts": len(prompts), "differ": len(differ), "first_differing": differ[:5]}
+
+
 def _lengths(new: torch.Tensor, eos: int) -> torch.Tensor:
     """Tokens per row up to and including its first EOS (what follows is padding)."""
     is_eos = new == eos
@@ -178,14 +198,16 @@ def measure(a) -> dict:
 
     torch.set_num_threads(a.threads)
     model, tok = load_model("embedded")
-    for param in model.parameters():  # as the training loop holds it under precision=bf16: buffers stay fp32
-        param.data = param.data.to(torch.bfloat16)
+    if a.precision == "bf16":  # as the training loop holds it under bf16: buffers stay fp32
+        for param in model.parameters():
+            param.data = param.data.to(torch.bfloat16)
     model.eval()
     prompts = format_prompts(a.prompts)
     modules = {"alignkit": local}
     if a.baseline:
         modules[f"alignkit@{a.baseline}"] = local_module_at(a.baseline)
     backends = {name: (m.LocalBackend(model, tok, batch_size=a.batch_size), m) for name, m in modules.items()}
+    greedy = greedy_check(model, tok, backends["alignkit"][0], prompts, a) if a.greedy_check else None
     if a.until == "full":
         run_to_max_tokens(model)  # for every sampler: they share the model
     samplers = {"generate": lambda seed: plain_generate(model, tok, prompts, a, seed)}
@@ -199,7 +221,7 @@ def measure(a) -> dict:
         for seed in range(1, a.repeats + 1):
             for name, sample in samplers.items():
                 runs[name].append(sample(seed))
-        result = {"speed": {name: _summary(rs) for name, rs in runs.items()}}
+        result = {"speed": {name: _summary(rs) for name, rs in runs.items()}, "greedy": greedy}
         if a.profile:
             result["profile"] = {name: profile_backend(b, m, prompts, a) for name, (b, m) in backends.items()}
         if a.torch_profile:
@@ -215,12 +237,16 @@ def _summary(runs: list[tuple[int, float]]) -> dict:
 
 def report(result: dict, a) -> None:
     speed = result["speed"]
-    print(f"\nSampling, SmolLM2-135M bf16, {a.prompts} prompts x n {a.n}, batch {a.batch_size}, "
+    print(f"\nSampling, SmolLM2-135M {a.precision}, {a.prompts} prompts x n {a.n}, batch {a.batch_size}, "
           f"{a.max_tokens} tokens ({a.until}), {a.threads} threads, median of {a.repeats}")
     print(f"{'':<24}{'tokens/s':>10}{'vs generate':>13}  per run")
     for name, r in speed.items():
         ratio = r["tokens_per_s"] / speed["generate"]["tokens_per_s"]
         print(f"{name:<24}{r['tokens_per_s']:>10.1f}{ratio:>12.2f}x  {r['all_tokens_per_s']}")
+    if result.get("greedy"):
+        g = result["greedy"]
+        print(f"greedy outputs: {g['prompts'] - g['differ']} of {g['prompts']} prompts identical token for token"
+              + (f" (differing: {g['first_differing']})" if g["differ"] else ""))
     if a.baseline:
         print(f"alignkit / alignkit@{a.baseline}: "
               f"{speed['alignkit']['tokens_per_s'] / speed[f'alignkit@{a.baseline}']['tokens_per_s']:.2f}x")
@@ -247,6 +273,9 @@ def main() -> None:
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the time accounting")
     p.add_argument("--baseline", metavar="REV", help="also time alignkit/generation/local.py as of this git revision")
     p.add_argument("--torch-profile", action="store_true", help="also print torch.profiler's top operators")
+    p.add_argument("--no-greedy-check", dest="greedy_check", action="store_false",
+                   help="skip comparing greedy outputs of the two")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="the model's weights")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
     result = measure(a)

@@ -1,4 +1,4 @@
-"""The benches' own helpers: self-time accounting, full-length generation and the demo prompts."""
+"""The benches' own helpers: self-time accounting, full-length generation, the demo prompts and the bench data."""
 import sys
 import time
 from pathlib import Path
@@ -8,6 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from common import format_prompts, run_to_max_tokens  # noqa: E402
+from instruction_data import pair_conversations, pref_rows, sft_rows, within_length  # noqa: E402
 from sampler_vs_generate import timed  # noqa: E402
 
 from alignkit.generation.backend import SamplingParams  # noqa: E402
@@ -57,3 +58,14 @@ def test_format_prompts_hold_the_question_and_its_format():
     assert len(prompts) == 5
     for p in prompts:
         assert [m["role"] for m in p["messages"]] == ["user"] and p["format"] in ("json", "upper", "ending")
+
+
+def test_bench_data_is_the_same_on_every_call_and_pairs_differ():
+    rows = sft_rows(12)
+    assert rows == sft_rows(12) and rows[:5] == sft_rows(5)  # a longer run extends a shorter one's data
+    assert all(len(r["messages"][1]["content"]) >= 250 for r in rows)
+    pairs = pref_rows(6)
+    assert all(p["chosen"] != p["rejected"] and p["prompt"] for p in pairs)
+    assert [c[1]["content"] for c in pair_conversations(pairs[0])] == [pairs[0]["chosen"], pairs[0]["rejected"]]
+    short = within_length(rows, 200)
+    assert 0 < len(short) < len(rows)

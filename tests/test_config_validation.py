@@ -74,7 +74,7 @@ def test_a_config_path_that_is_not_a_readable_yaml_file_is_one_line(tmp_path, ca
     ("sft", "train.warmup_ratio=1.5", "train.warmup_ratio: must be a number in [0, 1], got 1.5"),
     ("sft", "train.min_lr_ratio=-0.1", "train.min_lr_ratio: must be a number in [0, 1], got -0.1"),
     ("sft", "train.schedule=cosin", "train.schedule: must be one of cosine, linear, constant, got 'cosin'"),
-    ("sft", "train.precision=fp16", "train.precision: must be one of bf16, fp32, got 'fp16'"),
+    ("sft", "train.precision=fp16", "train.precision: must be one of auto, bf16, fp32, got 'fp16'"),
     ("sft", "train.adam_betas=[0.9,1.0]", "train.adam_betas[1]: must be a number in [0, 1), got 1"),
     ("sft", "train.adam_betas=[0.9]", "train.adam_betas: must be two numbers, got [0.9]"),
     ("sft", "train.adam_eps=0", "train.adam_eps: must be a positive number, got 0"),

@@ -87,7 +87,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         model=ModelConfig(name=cfg.model),
         data=SFTDataConfig(train=[DataSpec(str(DEMO_DATA / "sft_train.jsonl"))], max_length=256),
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "sft"), max_steps=cfg.sft_steps,
-                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10, precision="bf16",
+                          batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10, precision="auto",
                           resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
     responses["sft"] = answer(model, tok, rows, cfg.max_new_tokens, "after SFT")
 
@@ -98,7 +98,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         data=PrefDataConfig(train=[DataSpec(str(DEMO_DATA / "pref_train.jsonl"))], max_length=128,
                             mix_total=cfg.dpo_steps * cfg.batch_size),
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "dpo"), max_steps=cfg.dpo_steps,
-                          batch_size=cfg.batch_size, lr=cfg.dpo_lr, warmup_steps=5, precision="bf16",
+                          batch_size=cfg.batch_size, lr=cfg.dpo_lr, warmup_steps=5, precision="auto",
                           resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
     responses["dpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after DPO")
     trained = {"sft": sft, "dpo": dpo}
@@ -114,7 +114,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             rollout=RolloutConfig(prompts_per_step=cfg.grpo_prompts, group_size=cfg.grpo_group,
                                   max_tokens=cfg.max_new_tokens, temperature=1.0, seed=0),
             train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "grpo"), max_steps=cfg.grpo_steps,
-                              lr=cfg.grpo_lr, warmup_steps=0, precision="bf16", resume="none",
+                              lr=cfg.grpo_lr, warmup_steps=0, precision="auto", resume="none",
                               if_exists="overwrite", seed=0),
             samples_per_step=2), model=model, tokenizer=tok)
         responses["grpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after GRPO")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from alignkit.models.loading import ModelLoadError, load_model, load_tokenizer, resolve_spec, torch_dtype
+from alignkit.models.packed_attention import packed_attention
 
 
 class RewardModel(nn.Module):
@@ -56,7 +57,9 @@ class RewardModel(nn.Module):
         """Rewards [S] of the S sequences packed in a [1, T] row."""
         body = getattr(self.hf, self.hf.base_model_prefix)
         # use_cache=False: with a cache object transformers ignores the packing (see training/forward.py).
-        hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state[0]
+        with packed_attention(self.hf, position_ids) as within_sequences:
+            hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                          **within_sequences).last_hidden_state[0]
         last = torch.cumsum(torch.tensor(list(seq_lens), device=hidden.device), 0) - 1
         return self.hf.score(hidden[last]).squeeze(-1).float()
 

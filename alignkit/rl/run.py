@@ -35,6 +35,7 @@ from alignkit.rl.objective import (
 )
 from alignkit.data.prompts import read_prompt_records
 from alignkit.rl.reward_fn import RolloutReward
+from alignkit.training.precision import model_device, resolve_precision
 from alignkit.rl.buffer_advantages import GAEConfig, RewardKL
 from alignkit.rl.rollout import RolloutConfig, RolloutSource
 from alignkit.rl.value_head import ActorCritic, load_critic, save_value_model, unwrap_policy
@@ -121,7 +122,7 @@ def make_reference(cfg: RLConfig, model):
     if cfg.model.lora.enabled:
         return "adapter"
     reference = copy.deepcopy(model).requires_grad_(False).eval()
-    if cfg.train.precision == "bf16":
+    if resolve_precision(cfg.train.precision, model_device(model)) == "bf16":
         for param in reference.parameters():
             if param.dtype == torch.float32:
                 param.data = param.data.to(torch.bfloat16)

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from alignkit.models.packed_attention import packed_attention
 from alignkit.training.reference import unwrap
 
 VALUE_HEAD = "value_head.safetensors"
@@ -95,11 +96,18 @@ class ActorCritic(nn.Module):
             hidden = out.hidden_states[-1]
         else:
             # use_cache=False: with a cache object transformers ignores the packing (training/forward.py).
-            hidden = self.critic(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                 attention_mask=kwargs.get("attention_mask")).last_hidden_state
+            hidden = self._critic_hidden(input_ids, position_ids, kwargs.get("attention_mask"))
         hidden = hidden[:, _kept(logits_to_keep, hidden.shape[1])]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
         return ActorCriticOutput(out.logits, values)
+
+    def _critic_hidden(self, input_ids, position_ids, attention_mask) -> torch.Tensor:
+        if attention_mask is not None or position_ids is None:  # a padded batch
+            return self.critic(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                               attention_mask=attention_mask).last_hidden_state
+        with packed_attention(self.critic, position_ids) as within_sequences:
+            return self.critic(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                               **within_sequences).last_hidden_state
 
 
 def unwrap_policy(model):

@@ -59,16 +59,21 @@ class MicroBatches:
     """A deterministic stream of micro-batches, addressed by index: epoch e visits examples in the order
     of a permutation seeded by (seed, e); each process takes every world-th micro-batch."""
 
-    def __init__(self, examples: Sequence, batch_size: int, seed: int, *, shuffle: bool = True):
+    def __init__(self, examples: Sequence, batch_size: int, seed: int, *, shuffle: bool = True,
+                 rank_and_world: tuple[int, int] | None = None):
         if not examples:
             raise ValueError("no training examples")
         self.examples, self.batch_size, self.seed, self.shuffle = examples, batch_size, seed, shuffle
-        rank, world = rank_world()
+        rank, world = rank_and_world or rank_world()
         self.rank, self.world = rank, world
         per_epoch = math.ceil(len(examples) / batch_size)
         self.per_epoch = max(1, per_epoch // world)  # micro-batches each process sees per epoch
 
     def get(self, index: int) -> list:
+        return [self.examples[j] for j in self.indices(index)]
+
+    def indices(self, index: int) -> list[int]:
+        """The positions in `examples` of micro-batch `index`'s examples."""
         epoch, i = divmod(index, self.per_epoch)
         n = len(self.examples)
         if self.shuffle:
@@ -77,7 +82,7 @@ class MicroBatches:
         else:
             order = list(range(n))
         start = (i * self.world + self.rank) * self.batch_size
-        return [self.examples[j] for j in order[start:start + self.batch_size]]
+        return order[start:start + self.batch_size]
 
 
 class ExampleSource:
@@ -108,3 +113,18 @@ class ExampleSource:
 
     def epoch(self) -> float:
         return self.micro_index / self.stream.per_epoch
+
+
+def examples_visited(examples: Sequence, *, batch_size: int, grad_accum: int, seed: int, shuffle: bool,
+                     steps: int) -> set[int]:
+    """Positions in `examples` of every example the first `steps` optimizer steps of an ExampleSource visit,
+    on every process: what a run of that length needs prepared (its reference log-probs), and no more."""
+    world = rank_world()[1]
+    visited: set[int] = set()
+    for rank in range(world):
+        stream = MicroBatches(examples, batch_size, seed, shuffle=shuffle, rank_and_world=(rank, world))
+        for index in range(steps * grad_accum):
+            visited.update(stream.indices(index))
+            if len(visited) == len(examples):
+                return visited
+    return visited

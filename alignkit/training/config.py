@@ -4,9 +4,9 @@ import os
 from dataclasses import dataclass, field
 
 from alignkit.config import require, require_choice, require_number
+from alignkit.training.precision import PRECISIONS
 
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("bf16", "fp32")
 REPORT_TARGETS = ("tensorboard", "wandb", "mlflow")
 IF_EXISTS = ("error", "overwrite", "extend")
 
@@ -28,7 +28,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 0
-    precision: str = "bf16"  # bf16 (bf16 compute, fp32 master weights and optimizer) | fp32
+    precision: str = "auto"  # auto (bf16 on GPUs and AMX CPUs, else fp32: training/precision.py) | bf16 (bf16 compute, fp32 master weights and optimizer) | fp32
     shuffle: bool = True  # visit examples in a seeded random order each epoch
     eval_every: int = 0  # steps; 0 evaluates only at the end (when an eval set exists)
     save_every: int = 0  # steps; 0 saves only the final model

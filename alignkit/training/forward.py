@@ -4,9 +4,9 @@ A batch is one packed row (data/packing.py): sequences one after the other, each
 from 0. Callers ask for logits at flat positions of that row, and get them in that order whichever
 way the model actually runs it:
 
-* packed: the row as it is. transformers detects the sequences from the position ids, but with SDPA
-  (as on CPUs) it builds a dense block-diagonal mask over the whole row, so attention costs
-  (row length)^2, most of it on pairs the mask then throws away.
+* packed: the row as it is, each sequence attending within itself (models/packed_attention.py: left
+  to itself, transformers would build a dense block-diagonal mask over the whole row and compute
+  (row length)^2 attention scores, most of them thrown away).
 * padded: one row per sequence, right-padded to the longest, with an attention mask: attention costs
   rows x longest^2, and the padding costs whole tokens.
 * shared_prompt: sequences that begin with the same tokens before their first kept position (the n
@@ -16,9 +16,10 @@ way the model actually runs it:
   forward runs the rest of every sequence on top. The same computation, so the same logits and
   gradients as the other layouts up to float rounding, for a fraction of the prompt tokens.
 
-`layout="auto"` takes the one with the fewest estimated FLOPs (`cheaper_layout`): padded when
-sequences are many and of similar lengths, shared_prompt when they also share prompts (an RL group's
-samples), packed when one long sequence sits among short ones. All give the same numbers up to float
+`layout="auto"` takes the one with the fewest estimated FLOPs (`cheaper_layout`): shared_prompt when
+sequences share prompts (an RL group's samples), otherwise packed (under SDPA it never costs more
+than padded; with an eager model's dense mask, padded wins when sequences are many and of similar
+lengths). All give the same numbers up to float
 rounding, not bit for bit. So "auto" is for numbers compared within one batch (RL's old and new
 log-probs, computed on the same micro-batch: it takes the same layout both times). The default stays
 "packed": a sequence's packed numbers do not depend on what else shares its row, which the preference
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.models.packed_attention import packed_attention
 from alignkit.models.prompt_cache import shared_prompt_cache
 
 LAYOUTS = ("auto", "packed", "padded", "shared_prompt")
@@ -69,8 +71,8 @@ class _Shape:
 
 def _costs(model, shape: _Shape) -> dict[str, int]:
     """Forward FLOPs of each layout: per token the layers' matrices, about layers x (8 H^2 + 6 H I), and per
-    attended (query, key) pair layers x 4 H (the layer count divides out). Packed attends to every pair of
-    its row, padded to each row's own pairs at the longest length."""
+    attended (query, key) pair layers x 4 H (the layer count divides out). Packed attends within each
+    sequence, padded to each row's own pairs at the longest length."""
     config = _config(model)
     hidden = getattr(config, "hidden_size", None)
     lengths = shape.lengths
@@ -79,7 +81,10 @@ def _costs(model, shape: _Shape) -> dict[str, int]:
     inter = getattr(config, "intermediate_size", None) or 4 * hidden
     per_token, per_pair = 8 * hidden * hidden + 6 * hidden * inter, 4 * hidden
     total, longest, rows = int(lengths.sum()), int(lengths.max()), lengths.numel()
-    costs = {"packed": per_token * total + per_pair * total * total,
+    # packed attention stays within each sequence under SDPA (models/packed_attention.py); otherwise the
+    # dense mask over the whole row costs every pair of the row
+    pairs = int((lengths * lengths).sum()) if getattr(config, "_attn_implementation", None) == "sdpa" else total * total
+    costs = {"packed": per_token * total + per_pair * pairs,
              "padded": per_token * rows * longest + per_pair * rows * longest * longest}
     if shape.prompt_lens is not None and 0 < shape.distinct < rows:
         prompt, rest = int(shape.prompt_lens.max()), int((lengths - shape.prompt_lens).max())
@@ -155,8 +160,10 @@ def packed_forward(model, batch: dict, keep: torch.Tensor | None = None, *, layo
     if layout == "shared_prompt":
         return _shared_prompt_forward(model, input_ids[0], starts, lengths, keep, prompts, extra)
     if layout == "packed":
-        out = model(input_ids=input_ids, position_ids=batch["position_ids"],
-                    logits_to_keep=keep if keep is not None else 0, use_cache=False, **extra)
+        position_ids = batch["position_ids"]
+        with packed_attention(model, position_ids) as within_sequences:
+            out = model(input_ids=input_ids, position_ids=position_ids, logits_to_keep=keep if keep is not None else 0,
+                        use_cache=False, **within_sequences, **extra)
         return PackedOutput(out.logits, _values(out))
     return _padded_forward(model, input_ids[0], starts, lengths, keep, extra)
 

@@ -28,7 +28,7 @@ from alignkit.training.checkpoint import (SavedCheckpoint, load_checkpoint, read
 from alignkit.training.config import TrainConfig
 from alignkit.training.distributed import all_sum, on_main, rank_world, wrap
 from alignkit.training.memory import release_freed_tensors
-from alignkit.training.precision import MasterWeights
+from alignkit.training.precision import MasterWeights, model_device, resolve_precision
 from alignkit.training.schedule import make_scheduler
 from alignkit.training.tracking import MetricsLogger
 
@@ -95,9 +95,8 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
     total_steps = cfg.max_steps or _steps_for_epochs(source, cfg.epochs)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
 
-    if cfg.precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be bf16 or fp32, not {cfg.precision!r}")
-    masters = MasterWeights(model, hook_grads=world == 1) if cfg.precision == "bf16" else None
+    precision = resolve_precision(cfg.precision, model_device(model))
+    masters = MasterWeights(model, hook_grads=world == 1) if precision == "bf16" else None
     named = {id(p): n for n, p in model.named_parameters()}
     if masters is not None:
         weights = {named[id(p)]: m for p, m in masters.pairs}

@@ -17,6 +17,7 @@ from alignkit.data.pref_examples import PrefExample, build_examples, feedback_it
 from alignkit.data.preference import PAIR_RULES, load_feedback, load_pairs, load_rankings
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
+from alignkit.training.batch_source import examples_visited
 from alignkit.training.config import TrainConfig
 from alignkit.training.distributed import main_first
 from alignkit.training.loop import TrainResult, train
@@ -141,21 +142,30 @@ def make_objective(cfg: PrefLossConfig, live: LiveReference | None = None):
     return SFTObjective()
 
 
-def prepare_reference(cfg: PrefConfig, model, tokenizer, examples: list[PrefExample],
-                      reference_model=None) -> LiveReference | None:
+def prepare_reference(cfg: PrefConfig, model, tokenizer, train_examples: list[PrefExample],
+                      eval_examples: list[PrefExample] = (), reference_model=None) -> LiveReference | None:
     """Attach cached reference log-probs (precomputed) or return the per-step reference (live). The reference
-    is `model` as it starts, or `reference_model` when given (iterative DPO's first model, in a later round)."""
+    is `model` as it starts, or `reference_model` when given (iterative DPO's first model, in a later round).
+    Precomputed log-probs are computed for the training examples the run's steps will visit (a 10-step run
+    on a large file pays for 10 steps) and every eval example."""
     if not cfg.needs_reference:
         return None
     reference = model if reference_model is None else reference_model
     if cfg.reference == "live":
         return LiveReference(reference, cfg.train.precision)
+    train_cfg = cfg.train
+    examples = list(train_examples) + list(eval_examples)
+    needed = None
+    if train_cfg.max_steps and train_examples:
+        needed = examples_visited(train_examples, batch_size=train_cfg.batch_size, grad_accum=train_cfg.grad_accum,
+                                  seed=train_cfg.seed, shuffle=train_cfg.shuffle, steps=train_cfg.max_steps)
+        needed |= set(range(len(train_examples), len(examples)))
     # Rank 0 computes and caches the log-probs; the other ranks then load them rather than write the same file.
     # The cache key holds a fingerprint of the reference's weights, so another reference never reuses them.
     report = main_first(lambda: attach_reference(
         reference, examples, model_id=cfg.model.name, template=tokenizer.chat_template or "",
         max_length=cfg.data.max_length, cache_dir=cfg.reference_cache, batch_size=cfg.reference_batch_size,
-        precision=cfg.train.precision))
+        precision=cfg.train.precision, needed=needed, progress=cfg.train.progress))
     print(report.summary(), flush=True)
     return None
 
@@ -180,9 +190,8 @@ def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None, refer
     model = merge_lora(model)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora)
-    examples = ctx.train_examples + ctx.eval_examples
-    live = None if cfg.loss == "control" else prepare_reference(cfg, model, ctx.tokenizer, examples,
-                                                                  reference_model)
+    live = None if cfg.loss == "control" else prepare_reference(cfg, model, ctx.tokenizer, ctx.train_examples,
+                                                                  ctx.eval_examples, reference_model)
     result = train(model, make_objective(cfg, live), ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
     finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))

@@ -41,7 +41,7 @@ class PrefLossConfig:
     kto_undesirable_weight: float = 1.0  # kto: loss weight of undesirable examples
     reference: str = "precomputed"  # precomputed: once before training, cached on disk | live: a frozen model each step
     reference_cache: str = ""  # folder for cached reference log-probs; empty: ~/.cache/alignkit/reference
-    reference_batch_size: int = 16  # examples per packed forward while precomputing (attention grows as row length^2)
+    reference_batch_size: int = 32  # examples per packed forward while precomputing
 
     def check(self) -> None:
         """Raise ValueError naming the key when the settings cannot work for the chosen loss."""

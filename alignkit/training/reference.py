@@ -25,13 +25,16 @@ from typing import Iterator, Protocol, Sequence
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from alignkit.atomic_write import atomic_file
 from alignkit.data.chat import TokenSeq
 from alignkit.data.packing import pack, target_positions
 from alignkit.models.lora import is_peft
+from alignkit.training.chunked_logprobs import target_logprobs
 from alignkit.training.forward import packed_logits
 from alignkit.training.losses import token_logprobs
+from alignkit.training.precision import model_device, resolve_precision
 
 REFERENCE_MODES = ("precomputed", "live")
 
@@ -160,10 +163,9 @@ def default_cache_dir() -> str:
 
 @contextmanager
 def compute_precision(model, precision: str) -> Iterator[None]:
-    """Run `model` the way the training loop does: with precision=bf16 its fp32 weights are
-    replaced by bf16 copies (the loop trains bf16 weights against fp32 masters), restored after."""
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be bf16 or fp32, not {precision!r}")
+    """Run `model` the way the training loop does: when precision is (or `auto` means) bf16 its fp32 weights
+    are replaced by bf16 copies (the loop trains bf16 weights against fp32 masters), restored after."""
+    precision = resolve_precision(precision, model_device(unwrap(model)))
     originals = [(p, p.data) for p in unwrap(model).parameters() if p.dtype == torch.float32] \
         if precision == "bf16" else []
     try:
@@ -175,16 +177,31 @@ def compute_precision(model, precision: str) -> Iterator[None]:
             param.data = data
 
 
-def compute_logps(model, examples: Sequence[HasSequences], *, batch_size: int, precision: str = "fp32") -> torch.Tensor:
-    """Reference log-probs of every sequence (example by example), `batch_size` examples per forward."""
+def forward_logps(model, batch: dict) -> torch.Tensor:
+    """Summed completion log-probs [S] of a packed batch, forward only: the logits exist a chunk of positions
+    at a time (training/chunked_logprobs.py) where the model allows it."""
+    keep = target_positions(batch["targets"])
+    token_lp = target_logprobs(model, batch, keep, batch["targets"][0, keep])
+    if token_lp is None:
+        return sequence_logps(model, batch)[0].float()
+    segments = batch["segment_ids"].to(token_lp.device)[keep.to(token_lp.device)]
+    return torch.zeros(len(batch["seq_lens"]), device=token_lp.device).index_add(0, segments, token_lp)
+
+
+def compute_logps(model, examples: Sequence[HasSequences], *, batch_size: int, precision: str = "fp32",
+                  progress: bool = False) -> torch.Tensor:
+    """Reference log-probs of every sequence (example by example), `batch_size` examples per packed forward."""
     device = next(unwrap(model).parameters()).device
     out = []
-    with reference_mode(model), compute_precision(model, precision):
+    bar = tqdm(total=sum(len(s[0]) for ex in examples for s in ex.sequences), unit="tok", desc="reference",
+               disable=not progress)
+    with reference_mode(model), compute_precision(model, precision), torch.inference_mode():
         for start in range(0, len(examples), batch_size):
             sequences = [seq for ex in examples[start:start + batch_size] for seq in ex.sequences]
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in pack_sequences(sequences).items()}
-            logps, _ = sequence_logps(model, batch)
-            out.append(logps.float().cpu())
+            out.append(forward_logps(model, batch).cpu())
+            bar.update(batch["num_tokens"])
+    bar.close()
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -202,9 +219,15 @@ class ReferenceReport:
 
 
 def attach_reference(model, examples: Sequence[HasSequences], *, model_id: str, template: str, max_length: int,
-                     cache_dir: str = "", batch_size: int = 16, precision: str = "fp32") -> ReferenceReport:
-    """Fill `example.reference` for every example from the cache, or compute and cache it."""
+                     cache_dir: str = "", batch_size: int = 32, precision: str = "fp32",
+                     needed: Sequence[int] | None = None, progress: bool = False) -> ReferenceReport:
+    """Fill `example.reference` from the cache, or compute and cache it: for every example, or only for the
+    examples at the indices `needed` (those a run will visit; the others keep reference None, and a batch
+    holding one fails loudly rather than train without its reference)."""
     start = time.perf_counter()
+    precision = resolve_precision(precision, model_device(unwrap(model)))  # the key names what was computed
+    if needed is not None:
+        examples = [examples[i] for i in sorted(set(needed))]
     counts = [len(ex.sequences) for ex in examples]
     key = reference_key(model_id=model_id, fingerprint=model_fingerprint(model), template=template,
                         max_length=max_length, precision=precision, examples=examples)
@@ -212,7 +235,7 @@ def attach_reference(model, examples: Sequence[HasSequences], *, model_id: str, 
     logps = cache.load(key, counts)
     hit = logps is not None
     if logps is None:
-        logps = compute_logps(model, examples, batch_size=batch_size, precision=precision)
+        logps = compute_logps(model, examples, batch_size=batch_size, precision=precision, progress=progress)
         cache.save(key, logps, counts, {"model": model_id, "max_length": str(max_length), "precision": precision,
                                         "examples": str(len(examples))})
     values = logps.tolist()
@@ -238,7 +261,8 @@ class LiveReference:
         if not is_peft(inner):
             self.copy = copy.deepcopy(inner).eval()
             self.copy.requires_grad_(False)
-            if precision == "bf16":  # parameters only: buffers (rotary frequencies) stay fp32, as in the loop
+            # parameters only: buffers (rotary frequencies) stay fp32, as in the loop
+            if resolve_precision(precision, model_device(inner)) == "bf16":
                 for param in self.copy.parameters():
                     param.data = param.data.to(torch.bfloat16)
 

@@ -1,5 +1,5 @@
 """The packed forward: the padded layout gives the packed layout's logits, values and gradients at the
-same flat positions, and the cost model picks padded for many similar sequences only."""
+same flat positions, and the cost model picks padded only for many similar sequences under a dense mask."""
 import pytest
 import torch
 
@@ -57,11 +57,15 @@ def test_sequence_bounds_follow_the_position_ids():
     assert starts.tolist() == [0, 4, 6] and lengths.tolist() == [4, 2, 5]
 
 
-def test_the_cost_model_pads_many_similar_sequences_and_packs_a_long_one_among_short():
+def test_the_cost_model_packs_under_sdpa_and_pads_many_similar_sequences_under_a_dense_mask():
     tok = tiny_tokenizer("chatml")
     model = tiny_model(tok, hidden=576)  # the embedded model's width
     model.config.intermediate_size = 1536
-    assert cheaper_layout(model, torch.tensor([124] * 16)) == "padded"  # a GRPO rollout's samples
+    # SDPA: packed rows attend within each sequence (models/packed_attention.py), never dearer than padding
+    assert cheaper_layout(model, torch.tensor([124] * 16)) == "packed"  # a GRPO rollout's samples
+    assert cheaper_layout(model, torch.tensor([500] + [20] * 15)) == "packed"
+    model.config._attn_implementation = "eager"  # a dense mask over the whole packed row
+    assert cheaper_layout(model, torch.tensor([124] * 16)) == "padded"
     assert cheaper_layout(model, torch.tensor([500] + [20] * 15)) == "packed"  # padding would cost 15 x 480
     assert cheaper_layout(model, torch.tensor([30])) == "packed"  # one sequence: nothing to choose
     with pytest.raises(ValueError, match="layout"):
@@ -131,4 +135,4 @@ def test_the_cost_model_shares_the_prompt_of_a_group():
     lengths = torch.tensor([124] * 16)
     # 4 prompts of 60 tokens, 4 samples each: the prompt runs 4 times instead of 16
     assert cheaper_layout(model, lengths, torch.tensor([60] * 16), distinct=4) == "shared_prompt"
-    assert cheaper_layout(model, lengths, torch.tensor([60] * 16), distinct=16) == "padded"  # nothing shared
+    assert cheaper_layout(model, lengths, torch.tensor([60] * 16), distinct=16) == "packed"  # nothing shared

@@ -121,3 +121,50 @@ def test_live_reference_without_lora_is_a_frozen_copy(tiny_tok):
     batch = pack_sequences([s for ex in examples for s in ex.sequences])
     assert live.logps(model, batch).tolist() == pytest.approx(
         compute_logps(tiny_model(tiny_tok), examples, batch_size=2).tolist(), rel=1e-5)
+
+
+def test_chunked_target_logprobs_equal_the_full_logits_path(tiny_tok):
+    from alignkit.data.packing import target_positions
+    from alignkit.training.chunked_logprobs import target_logprobs
+    from alignkit.training.losses import token_logprobs
+    from alignkit.training.reference import forward_logps
+
+    model = tiny_model(tiny_tok)
+    examples = pairs(tiny_tok)
+    batch = pack_sequences([s for ex in examples for s in ex.sequences])
+    keep = target_positions(batch["targets"])
+    with torch.no_grad():
+        full = token_logprobs(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                    use_cache=False).logits[0, keep], batch["targets"][0, keep])
+        chunked = target_logprobs(model, batch, keep, batch["targets"][0, keep], chunk=3)
+        assert chunked.shape == full.shape and keep.numel() > 3
+        torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(forward_logps(model, batch), sequence_logps(model, batch)[0], rtol=1e-5, atol=1e-5)
+    # a LoRA model runs with its adapter as it stands (here on): the head split goes through the peft wrapper
+    peft_model = apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+        torch.testing.assert_close(forward_logps(peft_model, batch), sequence_logps(peft_model, batch)[0],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_examples_a_run_visits_get_reference_log_probs(tmp_path, tiny_tok):
+    from alignkit.training.batch_source import ExampleSource, examples_visited
+    from alignkit.training.preference import batch_reference, collate_examples
+
+    rows = [(f"question {i}?", f"answer {i}", f"wrong {i}") for i in range(10)]
+    examples = pairs(tiny_tok, rows=rows)
+    needed = examples_visited(examples, batch_size=2, grad_accum=1, seed=3, shuffle=True, steps=2)
+    source = ExampleSource(examples, lambda exs: exs, batch_size=2, grad_accum=1, seed=3)
+    seen = {id(ex) for _ in range(2) for exs in source.next_step(0) for ex in exs}
+    assert {id(examples[i]) for i in needed} == seen and len(needed) == 4
+    report = attach(tiny_model(tiny_tok), examples, tmp_path, needed=needed)
+    assert report.sequences == 8  # 4 pairs, 2 sequences each
+    assert [ex.reference is not None for ex in examples] == [i in needed for i in range(10)]
+    missing = next(ex for ex in examples if ex.reference is None)
+    with pytest.raises(ValueError, match="needs reference log-probs"):
+        batch_reference(collate_examples([missing]), None, None, "cpu")
+    # a run as long as the data, or longer, visits every example
+    assert examples_visited(examples, batch_size=4, grad_accum=2, seed=0, shuffle=True, steps=2) == set(range(10))
