@@ -34,25 +34,31 @@ def _docstrings(min_chars: int, max_chars: int) -> list[tuple[str, str, str]]:
     import transformers  # noqa: F401
 
     found = []
-    for module_name in MODULES:
-        try:
-            with warnings.catch_warnings():  # deprecated modules warn when imported
-                warnings.simplefilter("ignore")
-                module = importlib.import_module(module_name)
-        except Exception:  # not built on this platform
+    with warnings.catch_warnings():  # deprecated modules and attributes warn when imported or read
+        warnings.simplefilter("ignore")
+        for module_name in MODULES:
+            found += _module_docstrings(module_name, min_chars, max_chars)
+    return found
+
+
+def _module_docstrings(module_name: str, min_chars: int, max_chars: int) -> list[tuple[str, str, str]]:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # not built on this platform
+        return []
+    found = []
+    for name, obj in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(obj, "__module__", module_name) != module_name:
             continue
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or getattr(obj, "__module__", module_name) != module_name:
-                continue
-            members = [(name, obj)]
-            if inspect.isclass(obj):
-                members += [(f"{name}.{m}", v) for m, v in sorted(vars(obj).items()) if not m.startswith("_")]
-            for qualname, member in members:
-                # only functions and classes, with a docstring of their own (not one inherited from a type)
-                own = getattr(member, "__doc__", None) if inspect.isroutine(member) or inspect.isclass(member) else None
-                doc = inspect.cleandoc(own) if isinstance(own, str) else None
-                if doc and min_chars <= len(doc) <= max_chars:
-                    found.append((module_name, qualname, re.sub(r"[ \t]+\n", "\n", doc.strip())))
+        members = [(name, obj)]
+        if inspect.isclass(obj):
+            members += [(f"{name}.{m}", v) for m, v in sorted(vars(obj).items()) if not m.startswith("_")]
+        for qualname, member in members:
+            # only functions and classes, with a docstring of their own (not one inherited from a type)
+            own = getattr(member, "__doc__", None) if inspect.isroutine(member) or inspect.isclass(member) else None
+            doc = inspect.cleandoc(own) if isinstance(own, str) else None
+            if doc and min_chars <= len(doc) <= max_chars:
+                found.append((module_name, qualname, re.sub(r"[ \t]+\n", "\n", doc.strip())))
     return found
 
 

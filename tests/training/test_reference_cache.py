@@ -168,3 +168,17 @@ def test_only_the_examples_a_run_visits_get_reference_log_probs(tmp_path, tiny_t
         batch_reference(collate_examples([missing]), None, None, "cpu")
     # a run as long as the data, or longer, visits every example
     assert examples_visited(examples, batch_size=4, grad_accum=2, seed=0, shuffle=True, steps=2) == set(range(10))
+
+
+def test_a_short_run_prepares_the_reference_for_its_own_steps_and_the_eval_set(tmp_path, tiny_tok, capsys):
+    from alignkit.training.config import TrainConfig
+    from alignkit.training.pref_run import PrefConfig, prepare_reference
+
+    examples = pairs(tiny_tok, rows=[(f"question {i}?", f"answer {i}", f"wrong {i}") for i in range(12)])
+    train_examples, eval_examples = examples[:10], examples[10:]
+    cfg = PrefConfig(loss="dpo", reference_cache=str(tmp_path),
+                     train=TrainConfig(max_steps=2, batch_size=2, grad_accum=1, seed=5, progress=False))
+    prepare_reference(cfg, tiny_model(tiny_tok), tiny_tok, train_examples, eval_examples)
+    assert sum(ex.reference is not None for ex in train_examples) == 4  # 2 steps x 2 pairs
+    assert all(ex.reference is not None for ex in eval_examples)
+    assert "for 12 sequences computed" in capsys.readouterr().out  # 6 pairs, not 12
