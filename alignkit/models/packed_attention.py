@@ -53,7 +53,8 @@ def sequence_offsets(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
 
 
-def _config(model):
+def model_config(model):
+    """The transformers config of `model`, or of the model inside a DDP wrapper."""
     inner = model
     while not hasattr(inner, "config") and hasattr(inner, "module"):  # DDP
         inner = inner.module
@@ -66,7 +67,7 @@ def packed_attention(model, position_ids: torch.Tensor) -> Iterator[dict]:
     yields the keyword arguments to pass to its forward. A model whose attention is not SDPA (eager, flex,
     flash kernels) is left as it is, with nothing to pass: those find the sequences themselves, or were
     asked for on purpose."""
-    config = _config(model)
+    config = model_config(model)
     current = getattr(config, "_attn_implementation", None)
     if current != "sdpa":
         yield {}

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.models.packed_attention import packed_attention
+from alignkit.models.packed_attention import model_config, packed_attention, sequence_offsets
 from alignkit.models.prompt_cache import shared_prompt_cache
 
 LAYOUTS = ("auto", "packed", "padded", "shared_prompt")
@@ -49,16 +49,8 @@ class PackedOutput:
 
 def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(starts [S], lengths [S]) of the sequences of a packed row, from its position ids [T]."""
-    starts = torch.nonzero(position_ids == 0).flatten()
-    ends = torch.cat([starts[1:], starts.new_tensor([position_ids.numel()])])
-    return starts, ends - starts
-
-
-def _config(model):
-    inner = model
-    while not hasattr(inner, "config") and hasattr(inner, "module"):  # DDP
-        inner = inner.module
-    return getattr(inner, "config", None)
+    offsets = sequence_offsets(position_ids).long()
+    return offsets[:-1], offsets.diff()
 
 
 @dataclass
@@ -73,7 +65,7 @@ def _costs(model, shape: _Shape) -> dict[str, int]:
     """Forward FLOPs of each layout: per token the layers' matrices, about layers x (8 H^2 + 6 H I), and per
     attended (query, key) pair layers x 4 H (the layer count divides out). Packed attends within each
     sequence, padded to each row's own pairs at the longest length."""
-    config = _config(model)
+    config = model_config(model)
     hidden = getattr(config, "hidden_size", None)
     lengths = shape.lengths
     if hidden is None or lengths.numel() < 2:
