@@ -1,14 +1,20 @@
 """What the side-by-side benches share: each trainer runs in a child process of its own, so the
 peak RSS it reports is its own; the demo's format-task prompts; and a way to make every
-generation run to its token limit, so two samplers do the same amount of work."""
+generation run to its token limit, so two samplers do the same amount of work; and `timed`, the
+self-time accounting of patched calls the profiles use."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import resource
 import subprocess
 import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,3 +85,44 @@ def add_grpo_options(p, *, steps: int, warmup: int, prompts: int, lr: float, par
     p.add_argument("--prompts-path", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=tmp, help="scratch folder")
     p.add_argument("--json", help="also write the results here")
+
+
+@contextlib.contextmanager
+def timed(patches: list[tuple[object, str, Callable[..., str] | str]]) -> Iterator[tuple[dict, dict]]:
+    """Wrap `owner.name` for each patch so its self time (its wall time less that of the wrapped calls
+    it makes) adds to the bucket `label`, or `label(*args, **kwargs)`; yields (seconds, calls) per
+    bucket, which therefore never overlap, and puts every original back after."""
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    nested = [0.0]  # per open wrapped call, the time spent in the wrapped calls it made
+    saved = []
+    for owner, name, label in patches:
+        own = name in owner.__dict__
+        saved.append((owner, name, own, owner.__dict__.get(name)))
+        setattr(owner, name, _timer(getattr(owner, name), label, seconds, calls, nested))
+    try:
+        yield seconds, calls
+    finally:
+        for owner, name, own, original in reversed(saved):
+            if own:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+
+
+def _timer(function, label, seconds: dict, calls: dict, nested: list[float]):
+    # wraps keeps the signature visible: generate inspects forward's to decide on position_ids and
+    # logits_to_keep, and a bare (*args, **kwargs) would change what it computes.
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        bucket = label(*args, **kwargs) if callable(label) else label
+        nested.append(0.0)
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - start
+            seconds[bucket] += elapsed - nested.pop()
+            nested[-1] += elapsed
+            calls[bucket] += 1
+    return wrapper

@@ -11,40 +11,15 @@ sampling prefill, decode forwards and the rest) and torch.profiler's top operato
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import tempfile
 import time
-from collections import defaultdict
-from contextlib import contextmanager
 
 import torch
 
+from common import timed
 from instruction_data import pref_rows, sft_rows
-
-
-@contextmanager
-def phase_timer(patches):
-    """Time calls of `owner.name` into `seconds[label]`, for (owner, name, label) in patches."""
-    seconds: dict[str, float] = defaultdict(float)
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, label in patches:
-        original = getattr(owner, name)
-
-        @functools.wraps(original)
-        def wrapper(*args, __original=original, __label=label, **kwargs):
-            start = time.perf_counter()
-            try:
-                return __original(*args, **kwargs)
-            finally:
-                seconds[__label] += time.perf_counter() - start
-        setattr(owner, name, wrapper)
-    try:
-        yield seconds
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
 
 
 def write_jsonl(rows: list[dict]) -> str:
@@ -89,12 +64,12 @@ def profile_training(a, model, tok):
             first.update(time=time.perf_counter(), seconds=dict(seconds), tokens=record["tokens"])
     from torch.profiler import ProfilerActivity, profile
 
-    with phase_timer(patches) as seconds, profile(activities=[ProfilerActivity.CPU]) as prof:
+    with timed(patches) as (seconds, _), profile(activities=[ProfilerActivity.CPU]) as prof:
         result = train(model, objective, examples, cfg, on_step=on_step)
     wall = time.perf_counter() - first["time"]
     tokens = result.tokens - first["tokens"]
-    timed = {k: v - first["seconds"].get(k, 0.0) for k, v in seconds.items()}
-    return wall, tokens, timed, prof
+    phases = {k: v - first["seconds"].get(k, 0.0) for k, v in seconds.items()}
+    return wall, tokens, phases, prof
 
 
 def profile_reference(a, model, tok):

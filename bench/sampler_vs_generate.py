@@ -25,17 +25,13 @@ times alignkit/generation/local.py as it was at a git revision, for a before/aft
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import os
 import statistics
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
 
 import torch
 
-from common import ROOT, format_prompts, run_to_max_tokens, save_results
+from common import ROOT, format_prompts, run_to_max_tokens, save_results, timed
 
 
 def plain_generate(model, tok, prompts: list[dict], a, seed: int) -> tuple[int, float]:
@@ -92,47 +88,6 @@ def alignkit_sample(backend, prompts: list[dict], a, seed: int) -> tuple[int, fl
 
 
 # ----- time accounting -----
-
-@contextlib.contextmanager
-def timed(patches: list[tuple[object, str, Callable[..., str] | str]]) -> Iterator[tuple[dict, dict]]:
-    """Wrap `owner.name` for each patch so its self time (its wall time less that of the wrapped calls
-    it makes) adds to the bucket `label`, or `label(*args, **kwargs)`; yields (seconds, calls) per
-    bucket, which therefore never overlap, and puts every original back after."""
-    seconds: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
-    nested = [0.0]  # per open wrapped call, the time spent in the wrapped calls it made
-    saved = []
-    for owner, name, label in patches:
-        own = name in owner.__dict__
-        saved.append((owner, name, own, owner.__dict__.get(name)))
-        setattr(owner, name, _timer(getattr(owner, name), label, seconds, calls, nested))
-    try:
-        yield seconds, calls
-    finally:
-        for owner, name, own, original in reversed(saved):
-            if own:
-                setattr(owner, name, original)
-            else:
-                delattr(owner, name)
-
-
-def _timer(function, label, seconds: dict, calls: dict, nested: list[float]):
-    # wraps keeps the signature visible: generate inspects forward's to decide on position_ids and
-    # logits_to_keep, and a bare (*args, **kwargs) would change what it computes.
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        bucket = label(*args, **kwargs) if callable(label) else label
-        nested.append(0.0)
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            elapsed = time.perf_counter() - start
-            seconds[bucket] += elapsed - nested.pop()
-            nested[-1] += elapsed
-            calls[bucket] += 1
-    return wrapper
-
 
 def _forward_kind(*args, **kwargs) -> str:
     ids = kwargs.get("input_ids", args[0] if args else None)

@@ -7,9 +7,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from common import format_prompts, run_to_max_tokens  # noqa: E402
+from common import format_prompts, run_to_max_tokens, timed  # noqa: E402
 from instruction_data import pair_conversations, pref_rows, sft_rows, within_length  # noqa: E402
-from sampler_vs_generate import timed  # noqa: E402
 
 from alignkit.generation.backend import SamplingParams  # noqa: E402
 from alignkit.generation.local import LocalBackend  # noqa: E402
