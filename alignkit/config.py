@@ -97,7 +97,7 @@ def to_dict(cfg) -> dict:
 
 
 def load_config(cls: type[T], path: str | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    tree = _read_yaml(path) if path else {}
+    tree = read_yaml(path) if path else {}
     defaults = dataclasses.asdict(cls()) if _all_defaulted(cls) else {}
     merged = _deep_merge(defaults, tree)
     for item in overrides:
@@ -110,7 +110,7 @@ def load_config(cls: type[T], path: str | None = None, overrides: typing.Sequenc
     return cfg
 
 
-def _read_yaml(path: str) -> dict:
+def read_yaml(path: str) -> dict:
     """The mapping in a YAML file; anything that stops it being read is a ConfigError naming the file."""
     try:
         # UTF-8 whatever the locale: YAML files are UTF-8 by the spec.

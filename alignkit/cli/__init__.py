@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from alignkit.cli import demo, evaluate, generate, reward_sampling, rl, serve, train
+from alignkit.cli import data, demo, evaluate, generate, reward_sampling, rl, serve, train
 
 __all__ = ["build_parser", "main"]
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_rm(sub)
     rl.add_rl(sub)
     reward_sampling.add_reward_sampling(sub)
+    data.add_data(sub)
     generate.add_score(sub)
     evaluate.add_rm_eval(sub)
     return parser

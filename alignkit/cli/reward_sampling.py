@@ -6,7 +6,6 @@ and runs it; `--help` lists every config key with its default. They run as one p
 from __future__ import annotations
 
 import argparse
-import importlib
 
 # command: (module under alignkit.reward_sampling, config class, run function, summary)
 COMMANDS = {
@@ -23,27 +22,20 @@ COMMANDS = {
 }
 
 
-def _load(command: str):
-    module, config_name, run_name, _ = COMMANDS[command]
-    mod = importlib.import_module(f"alignkit.reward_sampling.{module}")
-    return getattr(mod, config_name), getattr(mod, run_name)
+PACKAGE = "alignkit.reward_sampling"
 
 
 def cmd_method(a) -> None:
-    from alignkit.config import load_config
+    from alignkit.cli.config_commands import run_method
 
-    config_cls, run = _load(a.command)
-    run(load_config(config_cls, a.config, a.overrides))
+    run_method(PACKAGE, COMMANDS, a.command, a.config, a.overrides)
 
 
 def add_reward_sampling(sub) -> None:
-    from alignkit.cli.train import KEYS_HEADING
-    from alignkit.config import config_keys_help
+    from alignkit.cli.config_commands import add_config_arguments, keys_epilog
 
     for command, (_, _, _, summary) in COMMANDS.items():
-        config_cls, _ = _load(command)
-        p = sub.add_parser(command, help=summary, epilog=KEYS_HEADING + config_keys_help(config_cls()),
+        p = sub.add_parser(command, help=summary, epilog=keys_epilog(PACKAGE, COMMANDS, command),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", help=f"YAML file (see configs/{command.replace('-', '_')}.yaml)")
-        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampling.n=8")
+        add_config_arguments(p, f"configs/{command.replace('-', '_')}.yaml", "sampling.n=8")
         p.set_defaults(func=cmd_method)

@@ -6,6 +6,7 @@ carry them on, so a generated file can be scored as it is. Any format the data l
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,11 @@ class PromptRecord:
     # The record's own fields (e.g. "answer"), plus "source" (file:line) and, when the record ended with
     # an assistant turn, "reference" (its content), which is left out of the prompt.
     metadata: dict = field(default_factory=dict)
+    where: dict = field(default_factory=dict)  # path, line and unit of the record, for errors about it
+
+    def error(self, field: str, reason: str) -> RecordError:
+        """An error about one of the record's fields, naming its file and line."""
+        return RecordError(field, reason, **self.where)
 
     def record_fields(self) -> dict:
         """The record's fields an output row carries on (its label, reference answer key, format, ...)."""
@@ -46,7 +52,21 @@ def read_prompt_records(sources: Any, *, skip_bad: bool = False) -> list[PromptR
         metadata = {**record.data, "source": f"{record.path}:{record.line}"}
         if reference is not None:
             metadata["reference"] = reference
-        return [PromptRecord(messages, metadata)]
+        return [PromptRecord(messages, metadata, {"path": record.path, "line": record.line, "unit": record.unit})]
 
     prompts, _ = load_parsed(sources, parse, skip_bad=skip_bad)
     return prompts
+
+
+def split_repeats(records: list[PromptRecord]) -> tuple[list[PromptRecord], list[tuple[PromptRecord, str]]]:
+    """(each conversation's first record, [(a later record of the same conversation, the first one's source)])."""
+    first: dict[str, str] = {}
+    unique, repeats = [], []
+    for record in records:
+        key = json.dumps(record.messages, sort_keys=True, ensure_ascii=False)
+        if key in first:
+            repeats.append((record, first[key]))
+        else:
+            first[key] = record.metadata["source"]
+            unique.append(record)
+    return unique, repeats

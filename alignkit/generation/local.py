@@ -199,9 +199,15 @@ class LocalBackend:
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, model_id: str | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, overlong: str = "raise"):
+        """`overlong`: what a prompt too long for the model's context (with max_tokens) gets: "raise" a
+        ValueError naming it (the server answers 400), or "error", its completions come back as errors and
+        the other prompts are answered, as an HTTP backend's would (a data job counts it and goes on)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if overlong not in ("raise", "error"):
+            raise ValueError(f"overlong must be 'raise' or 'error', got {overlong!r}")
+        self.overlong = overlong
         if device is not None:
             model.to(device)
         self.model = model
@@ -255,24 +261,30 @@ class LocalBackend:
         added = self.tokenizer.get_added_vocab()
         return self._eos_ids | {added[s] for s in stop if s in added}
 
-    def _check_prompts(self, prompt_ids: list[list[int]], max_tokens: int) -> None:
+    def _overlong_prompts(self, prompt_ids: list[list[int]], max_tokens: int) -> dict[int, str]:
+        """Index -> why, for each prompt too long for the context; raises on an empty prompt, and on a long
+        one unless overlong="error"."""
         context = getattr(self.model.config, "max_position_embeddings", None)
+        overlong = {}
         for index, ids in enumerate(prompt_ids):
             if not ids:
                 raise ValueError(f"prompt {index} is empty after tokenization")
             if context is not None and len(ids) + max_tokens > context:
-                raise ValueError(f"prompt {index}: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed "
-                                 f"the model's context of {context} tokens")
+                overlong[index] = (f"prompt {index}: {len(ids)} prompt tokens + max_tokens {max_tokens} exceed "
+                                   f"the model's context of {context} tokens")
+                if self.overlong == "raise":
+                    raise ValueError(overlong[index])
+        return overlong
 
     # ----- generation -----
 
     def _generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         check_sampling_params(params)
-        self._check_prompts(prompt_ids, params.max_tokens)
+        overlong = self._overlong_prompts(prompt_ids, params.max_tokens)
         sampling = params.temperature > 0
         draws = params.n if sampling else 1  # greedy samples are all alike: decode once, copy
         rows = [_Row(i, j, ids, _row_seed(params.seed, ids, j))
-                for i, ids in enumerate(prompt_ids) for j in range(draws)]
+                for i, ids in enumerate(prompt_ids) if i not in overlong for j in range(draws)]
         rows.sort(key=lambda row: len(row.prompt_ids), reverse=True)  # longest first: memory errors show early
         stop_ids = self._stop_token_ids(params.stop)
         done: dict[tuple[int, int], Completion] = {}
@@ -281,6 +293,9 @@ class LocalBackend:
                 batch = rows[start:start + self.batch_size]
                 for row, output in zip(batch, self._generate_batch(batch, params, stop_ids), strict=True):
                     done[(row.prompt_index, row.sample_index)] = self._to_completion(row, output, params, stop_ids)
+        for i, why in overlong.items():
+            for j in range(draws):
+                done[(i, j)] = Completion("", finish_reason="error", prompt_tokens=len(prompt_ids[i]), error=why)
         # Deep copies: greedy samples share one result, and editing one must not edit the others.
         return [[Completion(**dataclasses.asdict(done[(i, j if sampling else 0)])) for j in range(params.n)]
                 for i in range(len(prompt_ids))]

@@ -38,6 +38,7 @@ class BackendOptions:
     dtype: str = "fp32"  # local weights: fp32 or bf16
     batch_size: int = 8  # prompts per forward pass (local)
     device: str | None = None  # local: "cuda", "cpu", ...; None keeps where the model loads
+    overlong: str = "raise"  # local: a prompt too long for the context raises, or ("error") comes back as an error
 
 
 def parse_backend_spec(spec: str) -> BackendSpec:
@@ -79,7 +80,8 @@ def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Back
 
     model, tokenizer = load_model(parsed.model, dtype=options.dtype)
     return LocalBackend(model, tokenizer, batch_size=options.batch_size,
-                        model_id=local_model_id(parsed.model, options.dtype), device=options.device)
+                        model_id=local_model_id(parsed.model, options.dtype), device=options.device,
+                        overlong=options.overlong)
 
 
 def _vllm_backend(spec: str, options: BackendOptions) -> Backend:

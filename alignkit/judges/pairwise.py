@@ -16,6 +16,10 @@ A strategy is "plain" or a "+"-joined set of parts (any order, e.g. "rules+metri
 
 Metrics and reference are generated once per instruction and shared by both orders.
 
+Principles (`JudgeConfig.principles`, e.g. an AI-feedback labeller's written rules) appear in every
+verdict prompt, the swap strategy's deciding one included, as numbered rules (see `prompts.py`); the
+metrics and reference prompts, which ask for no decision, do not show them.
+
 A verdict line the judge merely copied from one of the outputs (which may end with its own
 "Verdict: A") is not read as the judge's verdict; see `verdicts.py`.
 
@@ -76,9 +80,16 @@ class JudgeConfig:
     max_parse_retries: int = 0  # re-ask after a failure, each time with a different seed
     use_logprobs: bool = False  # read the verdict from top log-probs (needs params.logprobs >= 2)
     batch_size: int = 64  # conversations per backend call; smaller means a cache saves progress sooner
+    principles: tuple[str, ...] = ()  # rules to judge by, shown numbered in every verdict prompt (prompts.py)
 
     def __post_init__(self) -> None:
         strategy = Strategy.parse(self.strategy)
+        if isinstance(self.principles, str):
+            raise ValueError("JudgeConfig.principles must be a sequence of strings, not one string")
+        object.__setattr__(self, "principles", tuple(self.principles))  # frozen: hashable, and a list is welcome
+        for index, principle in enumerate(self.principles):
+            if not isinstance(principle, str) or not principle.strip():
+                raise ValueError(f"JudgeConfig.principles[{index}] must be a non-empty string, got {principle!r}")
         for name, params in (("params", self.params), ("aux_params", self.aux_params)):
             if params is not None and params.n != 1:
                 raise ValueError(f"JudgeConfig.{name}.n must be 1 (one judgment per call), got {params.n}")
@@ -231,7 +242,7 @@ def judge_pairs(backend: Backend, items: Sequence[PairItem | tuple[str, str, str
                 item.instruction, *_shown(item, order), rules=strategy.rules, explain=explain,
                 metrics=metrics[index].parsed.text if metrics else None,
                 reference=references[index].parsed.text if references else None,
-                allow_tie=config.allow_tie))
+                allow_tie=config.allow_tie, principles=config.principles))
     parsers = [_verdict_parser(config, _shown(pairs[index], order)) for index, order in jobs]
     asked = ask_parsed(backend, prompts, config.params, parsers, config.max_parse_retries, config.batch_size)
     judged = {job: _to_order_verdict(job[1], result) for job, result in zip(jobs, asked)}
@@ -271,7 +282,8 @@ def _decide_disagreements(backend: Backend, pairs: list[PairItem], judged: dict[
                 jobs.append((index, order))
                 prompts.append(swap_decision_prompt(
                     item.instruction, *_shown(item, order), both[order].judge.outputs[-1],
-                    both[other].judge.outputs[-1], rules=strategy.rules, allow_tie=config.allow_tie))
+                    both[other].judge.outputs[-1], rules=strategy.rules, allow_tie=config.allow_tie,
+                    principles=config.principles))
     parsers = [_verdict_parser(config, _shown(pairs[index], order)) for index, order in jobs]
     asked = ask_parsed(backend, prompts, config.params, parsers, config.max_parse_retries, config.batch_size)
     for (index, order), result in zip(jobs, asked):

@@ -11,6 +11,12 @@ look-alike bracket) has its brackets turned into parentheses: `(Output A ends)`.
 therefore has exactly one begin and one end line per block, and each text lies wholly inside its
 own. Texts without such phrases render unchanged, so prompts, and the judge cache keyed by them,
 stay as they were; the change is deterministic, so a rerun hits the same cache entries.
+
+Principles (`principles=`, e.g. the written rules an AI-feedback labeller judges by) are shown as a
+numbered list of their own, after the built-in RULES when those are on, so instruction following still
+comes first; without `rules` they are the only rules stated. They are the user's own text, not a
+candidate's, so they are shown as written (whitespace inside one folded to single spaces, so each
+stays one numbered line). A prompt without principles renders exactly as it did before they existed.
 """
 from __future__ import annotations
 
@@ -59,24 +65,40 @@ def _verdict_format(allow_tie: bool) -> str:
     return f"Finish your reply with one line that reads exactly {choices}."
 
 
+def _principles_block(principles: Sequence[str]) -> str:
+    if isinstance(principles, str):  # a lone string would be shown one character per line
+        raise ValueError("principles must be a sequence of strings, not one string")
+    lines = []
+    for number, principle in enumerate(principles, 1):
+        if not isinstance(principle, str) or not principle.strip():
+            raise ValueError(f"principles[{number - 1}] must be a non-empty string, got {principle!r}")
+        lines.append(f"{number}. {' '.join(principle.split())}")
+    return "Judge the outputs against these principles:\n" + "\n".join(lines)
+
+
+def _rules_parts(rules: bool, principles: Sequence[str]) -> list[str]:
+    """The rules a judging prompt states: RULES when asked for, then the principles when there are any."""
+    return ([RULES] if rules else []) + ([_principles_block(principles)] if len(principles) else [])
+
+
 def _user(content: str) -> list[Message]:
     return [{"role": "user", "content": content}]
 
 
 def pairwise_prompt(instruction: str, output_a: str, output_b: str, *, rules: bool = False,
                     explain: str = "none", metrics: str | None = None, reference: str | None = None,
-                    allow_tie: bool = False) -> list[Message]:
+                    allow_tie: bool = False, principles: Sequence[str] = ()) -> list[Message]:
     """Ask which of two outputs (shown as A and B) better carries out `instruction`.
 
     `explain` is "none", "brief" (a short rationale, used by the swap strategy) or "steps" (chain of
     thought). `metrics` and `reference` are texts the judge generated earlier for this instruction.
+    `principles` are shown as numbered rules to judge by (see the module docstring).
     """
     if explain not in _EXPLAIN:
         raise ValueError(f"explain must be one of {sorted(_EXPLAIN)}, got {explain!r}")
     parts = ["You are judging two AI assistant outputs written in reply to the same instruction. "
              "Pick the output that carries out the instruction better."]
-    if rules:
-        parts.append(RULES)
+    parts += _rules_parts(rules, principles)
     parts.append(_block("Instruction", instruction))
     parts.append(_block("Output A", output_a))
     parts.append(_block("Output B", output_b))
@@ -109,13 +131,12 @@ def reference_prompt(instruction: str) -> list[Message]:
 
 def swap_decision_prompt(instruction: str, output_a: str, output_b: str, rationale_this_order: str,
                          rationale_other_order: str, *, rules: bool = False,
-                         allow_tie: bool = False) -> list[Message]:
+                         allow_tie: bool = False, principles: Sequence[str] = ()) -> list[Message]:
     """Final call of the swap strategy: two earlier judgments disagreed; show both rationales and decide."""
     parts = ["You are judging two AI assistant outputs written in reply to the same instruction. "
              "Two earlier evaluations of these outputs reached opposite conclusions. Read both "
              "evaluations, work out which one reasons correctly, and give the final decision."]
-    if rules:
-        parts.append(RULES)
+    parts += _rules_parts(rules, principles)
     parts.append(_block("Instruction", instruction))
     parts.append(_block("Output A", output_a))
     parts.append(_block("Output B", output_b))

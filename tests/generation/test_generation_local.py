@@ -217,6 +217,12 @@ def test_mode_is_restored_and_bad_input_is_named(chatml):
         backend.complete([""], SamplingParams(max_tokens=2))
     with pytest.raises(ValueError, match="prompt 1: .* exceed the model's context of 512"):
         backend.complete(["hi", "hello " * 300], SamplingParams(max_tokens=2))
+    # A data job's backend answers the others and returns the long prompt's samples as errors.
+    lenient = LocalBackend(model, tokenizer, overlong="error")
+    short, long = lenient.complete(["hi", "hello " * 300], SamplingParams(max_tokens=2, temperature=1.0, n=2, seed=0))
+    assert short == backend.complete(["hi"], SamplingParams(max_tokens=2, temperature=1.0, n=2, seed=0))[0]
+    assert [c.finish_reason for c in long] == ["error", "error"]
+    assert "exceed the model's context of 512" in long[0].error and long[0].text == ""
 
 
 def test_generate_texts_keeps_order_for_mixed_prompts(chatml):

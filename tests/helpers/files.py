@@ -17,3 +17,19 @@ def jsonl_path(path, rows) -> Path:
     """write_jsonl, handing back a Path: for the tests that pass the file on as a Path rather than a string."""
     write_jsonl(path, rows)
     return Path(path)
+
+
+def read_jsonl(path) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def output_bytes(folder, outputs):
+    """The bytes of each output file of a data job's folder, and its summary.json less the folder it names:
+    what must be equal between a resumed and an uninterrupted run."""
+    import os
+
+    files = {name: open(os.path.join(folder, name), "rb").read() for name in outputs}
+    summary = json.loads(open(os.path.join(folder, "summary.json"), encoding="utf-8").read())
+    assert summary.pop("output_dir") == str(folder)
+    return files, summary

@@ -8,6 +8,7 @@ from alignkit.config import load_config
 from alignkit.rl.buffer import Sample, micro_batch
 from alignkit.rl.logprobs import completion_logprobs
 from alignkit.rl.run import RLConfig
+from tests.helpers.files import read_jsonl  # noqa: F401  (tests import it from here too)
 
 REWARD = "tests.helpers.rl_rewards:"
 QUESTIONS = ["what is two plus two", "name a colour", "say hello", "count to three", "write a word",
@@ -46,11 +47,6 @@ def run_args(model_dir, prompts, out, reward="completion_length", **extra):
             "samples_per_step": 2}
     args.update(extra)
     return [f"{k}={v}" for k, v in args.items()]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def learning_cfg(model_dir, prompts, out, steps, **extra):
