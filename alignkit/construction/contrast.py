@@ -184,10 +184,8 @@ def run_contrast(cfg: ContrastConfig, *, backend: Backend | None = None) -> JobR
         generator.close()
     pairs, dropped = contrast_outputs(entries, counts)
     outputs = {"pairs.jsonl": pairs, "dropped.jsonl": dropped}
-    result = JobResult(cfg.output_dir, {name: len(rows) for name, rows in outputs.items()}, counts)
     kept = {name: sum(row["direction"] == name for row in pairs) for name in names}
-    journal.finish(outputs, {**result.summary(), "pairs_per_direction": kept})
-    return result
+    return journal.finish(outputs, counts, pairs_per_direction=kept)
 
 
 def prompt_unit(prompt: PromptRecord, direction: str) -> dict:

@@ -296,9 +296,7 @@ def run_critique(cfg: CritiqueConfig, *, backend: Backend | None = None) -> JobR
         generator.close()
     sft, pairs, round_dropped = critique_outputs(entries, cfg.rounds, counts)
     outputs = {"sft.jsonl": sft, "pairs.jsonl": pairs, "dropped.jsonl": dropped + round_dropped}
-    result = JobResult(cfg.output_dir, {name: len(rows) for name, rows in outputs.items()}, counts)
-    journal.finish(outputs, {**result.summary(), "rounds_completed": rounds_completed(entries, cfg.rounds)})
-    return result
+    return journal.finish(outputs, counts, rounds_completed=rounds_completed(entries, cfg.rounds))
 
 
 def rounds_completed(entries: list[dict], rounds: int) -> dict[str, int]:

@@ -258,6 +258,4 @@ def run_evolve(cfg: EvolveConfig, *, backend=None) -> JobResult:
     finally:
         generator.close()
     outputs, counts, by_round = tally(cfg, prompts, roots, entries)
-    result = JobResult(cfg.output_dir, {name: len(rows) for name, rows in outputs.items()}, counts)
-    journal.finish(outputs, {**result.summary(), "by_round": by_round})
-    return result
+    return journal.finish(outputs, counts, by_round=by_round)

@@ -70,13 +70,38 @@ class JobConfig:
         require_choice(where, "if_exists", self.if_exists, ("resume", "overwrite"))
 
 
-def open_generator(config: GeneratorConfig, cache_path: str, backend: Backend | None = None) -> Backend:
+def open_generator(config: GeneratorConfig, cache_path: str, backend: Backend | None = None) -> "InFlightChunks":
     """The backend `config.model` names (or `backend`, already built: tests, or a caller that holds a model)
-    behind the SQLite cache at `cache_path`. Close it (`.close()`) when done."""
+    behind the SQLite cache at `cache_path`, fed a few prompts at a time (see InFlightChunks). Close it
+    (`.close()`) when done."""
     from alignkit.generation.cache import CachedBackend
 
-    return CachedBackend(backend if backend is not None else build_backend(config.model, config.options()),
-                         cache_path)
+    built = backend if backend is not None else build_backend(config.model, config.options())
+    # An HTTP server answers `concurrency` requests at once; a local model or vLLM a batch of batch_size.
+    in_flight = config.concurrency if parse_backend_spec(config.model).kind == "openai" else config.batch_size
+    return InFlightChunks(CachedBackend(built, cache_path), in_flight)
+
+
+class InFlightChunks:
+    """Hands a call's prompts to the cached backend `size` at a time. The cache stores a call's answers when
+    the call returns, so a job that asked for a whole round at once would lose every answer of the round to a
+    kill; in chunks as large as what the backend works on at once, a kill loses at most the calls in flight."""
+
+    def __init__(self, backend, size: int):
+        self.backend = backend
+        self.model_id = backend.model_id
+        self.size = size
+
+    def chat(self, conversations, params):
+        return [r for start in range(0, len(conversations), self.size)
+                for r in self.backend.chat(conversations[start:start + self.size], params)]
+
+    def complete(self, prompts, params):
+        return [r for start in range(0, len(prompts), self.size)
+                for r in self.backend.complete(prompts[start:start + self.size], params)]
+
+    def close(self) -> None:
+        self.backend.close()
 
 
 def resource(name: str) -> str:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from alignkit.atomic_write import fsync_path, write_json_atomic, write_jsonl_atomic
 from alignkit.config import ConfigError
+from alignkit.construction.counts import Counts, JobResult
 
 JOURNAL = "journal.jsonl"
 CACHE = "cache.sqlite"
@@ -101,11 +102,14 @@ class Journal:
         for entry in entries:
             self.entries[entry["id"]] = entry
 
-    def finish(self, outputs: dict[str, Iterable[dict]], summary: dict) -> None:
-        """Write each output file and summary.json (atomically) into the job's folder."""
+    def finish(self, outputs: dict[str, list[dict]], counts: Counts, **extra) -> JobResult:
+        """Write each output file, then summary.json (the rows written, the counts and `extra`), each
+        atomically, into the job's folder."""
         for name, rows in outputs.items():
             write_jsonl_atomic(os.path.join(self.output_dir, name), rows)
-        write_json_atomic(os.path.join(self.output_dir, SUMMARY), summary)
+        result = JobResult(self.output_dir, {name: len(rows) for name, rows in outputs.items()}, counts)
+        write_json_atomic(os.path.join(self.output_dir, SUMMARY), {**result.summary(), **extra})
+        return result
 
 
 def run_pending(journal: Journal, units: Sequence[tuple[str, Any]],

@@ -408,8 +408,5 @@ def run_label(cfg: LabelConfig, *, backend: Backend | None = None, judge_backend
         if sampler is not None:
             sampler.close()
     rows, dropped, counts, agreement = build_outputs(entries, repeats, judge.model_id)
-    written = {PAIRS: len(rows), DROPPED: len(dropped)}
-    journal.finish({PAIRS: rows, DROPPED: dropped},
-                   {"judge": judge.model_id, "written": written, "steps": counts.to_dict(),
-                    "agreement_between_orders": agreement})
-    return JobResult(cfg.output_dir, written, counts)
+    return journal.finish({PAIRS: rows, DROPPED: dropped}, counts, judge=judge.model_id,
+                          agreement_between_orders=agreement)

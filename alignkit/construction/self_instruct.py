@@ -319,6 +319,4 @@ def run_self_instruct(cfg: SelfInstructConfig, *, backend=None) -> JobResult:
     finally:
         generator.close()
     outputs, counts = tally(cfg, rounds, answers)
-    result = JobResult(cfg.output_dir, {name: len(rows) for name, rows in outputs.items()}, counts)
-    journal.finish(outputs, {**result.summary(), "rounds": len(rounds)})
-    return result
+    return journal.finish(outputs, counts, rounds=len(rounds))

@@ -193,11 +193,11 @@ def test_a_crash_mid_job_and_a_rerun_give_the_bytes_of_an_uninterrupted_run(tmp_
 
     killed = config(tmp_path, "killed", prompts=prompts)
     with pytest.raises(Crash):
-        run_contrast(killed, backend=ConversationBackend(reply, crash_after=2))  # chunks of 2: after 2 chunks
+        run_contrast(killed, backend=ConversationBackend(reply, crash_after=4))  # 2 prompts a chunk, 2 calls each: after 2 chunks
     assert len(open(os.path.join(killed.output_dir, "journal.jsonl")).read().splitlines()) == 1 + 4
     rerun = ConversationBackend(reply)
     run_contrast(killed, backend=rerun)
-    assert rerun.calls == 2 and len(rerun.conversations) == 2 * 3  # only the 3 prompts not journaled
+    assert rerun.calls == 3 and len(rerun.conversations) == 2 * 3  # only the 3 prompts not journaled
     assert output_bytes(killed.output_dir, OUTPUTS) == output_bytes(tmp_path / "straight", OUTPUTS)
     run_contrast(config(tmp_path, "other-seed", prompts=prompts, seed=3), backend=ConversationBackend(reply))
     directions = {name: [p["direction"] for p in read_outputs(tmp_path / name)["pairs.jsonl"]]

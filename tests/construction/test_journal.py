@@ -74,7 +74,9 @@ def test_a_torn_last_line_is_dropped_and_its_unit_redone(tmp_path):
 def test_another_config_is_refused_and_overwrite_starts_over(tmp_path):
     journal = Journal(str(tmp_path), "j", {"threshold": 0.7}, outputs=("sft.jsonl",))
     run_pending(journal, [("a", 1)], square_all([]), chunk_size=1, desc="x", progress=False)
-    journal.finish({"sft.jsonl": [{"x": 1}]}, {"n": 1})
+    result = journal.finish({"sft.jsonl": [{"x": 1}]}, Counts(), rounds=1)
+    assert result.written == {"sft.jsonl": 1}
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 1
     with pytest.raises(ConfigError, match=r"threshold: 0.7 -> 0.5.*if_exists=overwrite"):
         Journal(str(tmp_path), "j", {"threshold": 0.5})
     (tmp_path / "mine.jsonl").write_text("{}\n")  # not an output of the job: left alone
@@ -110,3 +112,26 @@ def test_counts_table_lists_every_declared_reason():
     counts.drop("filter", "length", 2)
     assert counts.to_dict() == {"filter": {"seen": 5, "kept": 3, "dropped": {"rouge": 0, "length": 2}}}
     assert "rouge 0, length 2" in counts.table()
+
+
+def test_the_generator_gets_as_many_prompts_at_once_as_it_works_on(tmp_path):
+    from alignkit.construction.generator import open_generator
+    from alignkit.generation.backend import SamplingParams
+    from tests.helpers.construction import RuleBackend
+
+    sizes = []
+
+    class Sizes(RuleBackend):
+        def chat(self, conversations, params):
+            sizes.append(len(conversations))
+            return super().chat(conversations, params)
+
+    conversations = [[{"role": "user", "content": f"q{i}"}] for i in range(7)]
+    for model, expected in (("embedded", [3, 3, 1]), ("openai:m@http://127.0.0.1:1/v1", [2, 2, 2, 1])):
+        sizes.clear()
+        backend = open_generator(GeneratorConfig(model=model, batch_size=3, concurrency=2),
+                                 str(tmp_path / f"{len(model)}.sqlite"), Sizes(lambda text, k, seed: text.upper()))
+        replies = backend.chat(conversations, SamplingParams(max_tokens=4))
+        backend.close()
+        assert sizes == expected  # each chunk is cached when it returns: a kill loses one chunk at most
+        assert [r[0].text for r in replies] == [f"Q{i}" for i in range(7)]

@@ -13,9 +13,9 @@ from alignkit.data.errors import RecordError
 from alignkit.generation.backend import Completion
 from tests.helpers.construction import RuleBackend, standin_server
 from tests.helpers.judges import shown_outputs
-from tests.helpers.files import read_jsonl, write_jsonl
+from tests.helpers.files import output_bytes, read_jsonl, write_jsonl
 
-OUTPUT_FILES = ("pairs.jsonl", "dropped.jsonl", "summary.json")
+OUTPUT_FILES = ("pairs.jsonl", "dropped.jsonl")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "label.yaml")
 
 
@@ -55,14 +55,6 @@ def responses_file(tmp_path) -> str:
 def config(tmp_path, name="out", **keys) -> LabelConfig:
     keys.setdefault("principles", None)
     return LabelConfig(output_dir=str(tmp_path / name), progress=False, **keys)
-
-
-def outputs(output_dir) -> dict[str, bytes]:
-    with_bytes = {}
-    for name in OUTPUT_FILES:
-        with open(os.path.join(output_dir, name), "rb") as f:
-            with_bytes[name] = f.read()
-    return with_bytes
 
 
 # ---- the rules ----
@@ -319,7 +311,7 @@ def test_determinism_two_runs_write_the_same_bytes(tmp_path):
     for name in ("one", "two"):
         run_label(sampled_config(tmp_path, name), backend=RuleBackend(sampling_rule),
                   judge_backend=RuleBackend(judge_rule))
-    assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
+    assert output_bytes(tmp_path / "one", OUTPUT_FILES) == output_bytes(tmp_path / "two", OUTPUT_FILES)
 
 
 class CrashingJudge(RuleBackend):
@@ -350,7 +342,7 @@ def test_a_crashed_job_rerun_writes_what_an_uninterrupted_one_does(tmp_path):
     run_label(sampled_config(tmp_path, "crashed"), backend=generator, judge_backend=judge)
     assert generator.prompts == []  # journaled prompts are skipped; the last one's samples come from the cache
     assert len(judge.prompts) == 2 * 3  # the last prompt's three pairs, both orders
-    assert outputs(tmp_path / "crashed") == outputs(tmp_path / "straight")
+    assert output_bytes(tmp_path / "crashed", OUTPUT_FILES) == output_bytes(tmp_path / "straight", OUTPUT_FILES)
 
 
 def test_cli_end_to_end_with_a_standin_judge_server(tmp_path, monkeypatch, capsys):

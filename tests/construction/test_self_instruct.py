@@ -159,7 +159,9 @@ def test_two_runs_are_equal_and_a_rerun_makes_no_calls(tmp_path):
     assert silent.calls == 0 and outputs(tmp_path / "a") == outputs(tmp_path / "b")
 
 
-@pytest.mark.parametrize("crash_at", [2, 4])  # mid-rounds (round 2), mid-answers (the second answer)
+# A call a prompt (batch_size 1): 3 calls a round, then 3 answers. Crash at the second prompt of round 2, or at
+# the second answer.
+@pytest.mark.parametrize("crash_at", [5, 8])
 def test_a_crashed_job_resumes_to_the_same_outputs(tmp_path, crash_at):
     run_self_instruct(job(tmp_path, "straight"), backend=CompletionBackend(rule))
     with pytest.raises(Crash):
@@ -168,7 +170,9 @@ def test_a_crashed_job_resumes_to_the_same_outputs(tmp_path, crash_at):
     resumed = CompletionBackend(rule)
     run_self_instruct(job(tmp_path, "crashed"), backend=resumed)
     assert outputs(tmp_path / "crashed") == outputs(tmp_path / "straight")
-    assert resumed.calls == (4 if crash_at == 2 else 2)  # only what was not journaled: round 2 + 3 answers, or 2
+    # Only what was neither journaled nor cached: round 2's last two prompts (its first reply is in the cache)
+    # and the 3 answers, or the last 2 answers.
+    assert resumed.calls == (5 if crash_at == 5 else 2)
 
 
 def test_bad_seed_records_and_prompt_files_fail_in_one_line(tmp_path):

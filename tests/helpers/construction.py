@@ -82,8 +82,11 @@ class ConversationBackend:
 
 class ServerLog:
     def __init__(self) -> None:
-        self.prompts: list[str] = []
+        self.prompts: list[str] = []  # every request's last user message, in the order they came
+        self.answered = 0
         self.lock = threading.Lock()
+        # Requests that come once `hold_after` have been answered wait (in flight) until it is set to None.
+        self.hold_after: int | None = None
 
 
 def standin_app(rule: Rule, log: ServerLog, delay: float = 0.0) -> FastAPI:
@@ -97,8 +100,12 @@ def standin_app(rule: Rule, log: ServerLog, delay: float = 0.0) -> FastAPI:
             log.prompts.append(text)
         if delay:
             await asyncio.sleep(delay)
+        while log.hold_after is not None and log.answered >= log.hold_after:
+            await asyncio.sleep(0.01)
         n = body.get("n", 1)
         replies = [rule(text, k, body.get("seed")) for k in range(n)]
+        with log.lock:
+            log.answered += 1
         return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": k, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
                             for k, reply in enumerate(replies)],
