@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test browser bench clean
+.PHONY: setup demo test browser bench data-example clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: setup browser
 
 bench: setup
 	$(BIN)/python bench/sft_vs_trl.py
+
+# Data built by templates and the embedded model, then SFT and DPO on it (README.md, "Building data").
+data-example: setup
+	ALIGNKIT=$(BIN)/alignkit PYTHON=$(BIN)/python examples/data_pipeline.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

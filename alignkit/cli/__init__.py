@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from alignkit.training.distributed import PeerFailed, launched, process_group
 
     trains = train.trains(args.command)
+    # `alignkit data label: error: ...`: a command with subcommands is named with the one that failed.
+    name = " ".join(str(part) for part in (args.command, getattr(args, "data_command", None)) if part)
     # Each rank reports its own error: the launcher stops the others as soon as one exits, so a rank
     # that stayed silent could end rank 0 before it printed. The rank tells the duplicate lines apart.
     rank = os.environ.get("RANK", "0").strip() if trains else "0"
@@ -49,17 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not trains and launched():
             # Every copy would do the whole work and write the same files.
-            raise ValueError(f"`alignkit {args.command}` runs as one process; under torchrun or accelerate "
+            raise ValueError(f"`alignkit {name}` runs as one process; under torchrun or accelerate "
                              "launch only the training commands (sft, pref and its shorthands, rm) run")
         with process_group(trains):
             args.func(args)
     except PeerFailed as e:
-        print(f"alignkit {args.command}: error{where}: {e}", file=sys.stderr)
+        print(f"alignkit {name}: error{where}: {e}", file=sys.stderr)
         return 1
     except Exception as e:
         if os.environ.get("ALIGNKIT_DEBUG") or not is_user_error(e):
             raise
-        print(f"alignkit {args.command}: error{where}: {e}", file=sys.stderr)
+        print(f"alignkit {name}: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -52,8 +52,9 @@ class DecontaminateConfig(InputConfig):
         require(len(self.eval_files) > 0, where, "eval_files", "a list of at least one evaluation file",
                 self.eval_files)
         for index, path in enumerate(self.eval_files):
-            require(os.path.isfile(os.path.expanduser(path)), where, f"eval_files[{index}]", "an existing file",
-                    path)
+            local = os.path.expanduser(path)
+            require(os.path.exists(local), where, f"eval_files[{index}]", "an existing file (not found)", path)
+            require(not os.path.isdir(local), where, f"eval_files[{index}]", "a file, not a folder", path)
             require(path not in self.eval_files[:index], where, f"eval_files[{index}]", "listed once", path)
         require_choice(where, "text", self.text, TEXTS)
         require_number(where, "ngram", self.ngram, low=1, whole=True)

@@ -85,6 +85,9 @@ class LabelConfig(JobConfig):
     strategy: str = "plain"  # judge strategy: plain, or a "+"-joined mix of rules, cot, metrics, reference, swap
     allow_tie: bool = False  # the judge may answer "tie"; a tie in both orders is dropped and counted
     parse_retries: int = 0  # re-asks (with a new seed) after a reply without a verdict
+    # Read each verdict from the probabilities of "A" and "B" at the verdict token (strategies without cot or
+    # swap): a small judge that rarely writes the verdict line still gives one in each order.
+    use_logprobs: bool = False
     principles: str | None = ""  # YAML file of principles to judge by; empty: alignkit's own; null: none
     batch_size: int = 8  # prompts per chunk, sampled and judged together, then journaled
 
@@ -105,14 +108,18 @@ class LabelConfig(JobConfig):
         except ValueError as error:
             require(False, where, "strategy", f"a judge strategy ({error})", self.strategy)
         require_number(where, "parse_retries", self.parse_retries, low=0, whole=True)
+        strategy = Strategy.parse(self.strategy)
+        require(not (self.use_logprobs and (strategy.cot or strategy.swap)), where, "use_logprobs",
+                "false with a strategy that reasons before its verdict (cot, swap)", self.use_logprobs)
         require(self.principles is None or isinstance(self.principles, str), where, "principles",
                 "a YAML file, empty for alignkit's own, or null for none", self.principles)
         require_number(where, "batch_size", self.batch_size, low=1, whole=True)
 
     def judge_config(self, principles: tuple[str, ...]) -> JudgeConfig:
         # Both orders always: a verdict seen in one order only cannot be told from position bias.
-        return JudgeConfig(strategy=self.strategy, params=self.judge.params(), both_orders=True,
-                           allow_tie=self.allow_tie, max_parse_retries=self.parse_retries,
+        params = self.judge.params(logprobs=5) if self.use_logprobs else self.judge.params()
+        return JudgeConfig(strategy=self.strategy, params=params, both_orders=True, allow_tie=self.allow_tie,
+                           max_parse_retries=self.parse_retries, use_logprobs=self.use_logprobs,
                            batch_size=self.judge.batch_size, principles=principles)
 
 

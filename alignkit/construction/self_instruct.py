@@ -4,10 +4,15 @@ Each round builds `prompts_per_round` proposal prompts. A prompt shows `examples
 numbered list, drawn (seeded by the round and the prompt's index) mostly from the seed tasks and, once
 there are some, `machine_examples` of them from the instructions kept in earlier rounds: the seeds keep
 the proposals on the ground, the machine ones push them away from the seeds. The model continues the
-list; its reply must be that continuation and nothing else (every non-blank line `N. task`, numbered on
-from the examples), and a reply that is not is a counted failure: a preamble or a restarted list
-means the model did something other than what the prompt asked, and nothing in it is trusted. A
-reply cut off at max_tokens loses its last line, which may be half a task.
+list. In `mode: chat` the prompt is a user turn asking for the continuation, and the reply must be that
+continuation and nothing else (every non-blank line `N. task`, numbered on from the examples); a reply
+that is not is a counted failure: a preamble or a restarted list means the model did something other than
+what the prompt asked, and nothing in it is trusted. In `mode: complete` (the method's original form, and
+the one small or base models follow) the prompt is raw text ending where the next task begins (`N.`),
+and the model writes on: its tasks are the numbered lines from there up to the first line that is not
+the next number (a completion model does not stop at the list's end; what follows is not read), and a
+reply with no task at all is the failure. A reply cut off at max_tokens loses its last task, which may be
+half a task.
 
 Every proposed task then meets the filters in `filters.py`, in this order, and the first that fails it
 names the reason it was dropped: length in words, the keyword blocklist (tasks a text model cannot do),
@@ -32,14 +37,14 @@ from typing import Sequence
 
 import jinja2
 
-from alignkit.config import require, require_number, validate_config
+from alignkit.config import require, require_choice, require_number, validate_config
 from alignkit.construction import filters
 from alignkit.construction.counts import Counts, JobResult
 from alignkit.construction.generator import GeneratorConfig, JobConfig, open_generator, resource
 from alignkit.construction.journal import Journal, result_config, run_pending, stable_id
 from alignkit.construction.prompt_files import compile_template, read_yaml_resource, text_key
 from alignkit.construction.rows import sft_row, user_turn
-from alignkit.data.errors import RecordError, describe_type
+from alignkit.data.errors import DataError, RecordError, describe_type
 from alignkit.data.readers import located_records
 
 OUTPUTS = ("instructions.jsonl", "sft.jsonl", "dropped.jsonl")
@@ -48,13 +53,15 @@ FILTER_REASONS = ("cut off", "length", "blocklist", "non-letter start", "duplica
 ANSWER_REASONS = ("error", "empty", "cut off")
 # What the proposal template may use: the example tasks, the numbers the new ones take, and where it is.
 PROPOSE_VARIABLES = ("examples", "first", "last", "count", "round", "index")
+MODES = ("chat", "complete")
 
 
 @dataclass
 class SelfInstructConfig(JobConfig):
     output_dir: str = "runs/data/self_instruct"  # the job's folder: outputs, summary.json, journal, cache
     seed_tasks: str = "configs/data/seed_tasks.jsonl"  # records with instruction, optional input and output
-    prompts: str = ""  # YAML with the `propose` template; empty: alignkit's own (construction/resources)
+    prompts: str = ""  # YAML with the `chat` and `complete` templates; empty: alignkit's own (construction/resources)
+    mode: str = "chat"  # chat: ask for the list's continuation in a user turn | complete: raw text the model continues
     target: int = 50  # stop once this many new instructions are kept
     max_rounds: int = 10  # ... or after this many rounds
     prompts_per_round: int = 8  # proposal prompts (model calls) per round
@@ -73,6 +80,7 @@ class SelfInstructConfig(JobConfig):
         require(isinstance(self.seed_tasks, str) and bool(self.seed_tasks.strip()), where, "seed_tasks",
                 "a file of seed tasks", self.seed_tasks)
         require(isinstance(self.prompts, str), where, "prompts", "a YAML file (or empty)", self.prompts)
+        require_choice(where, "mode", self.mode, MODES)
         for key in ("target", "max_rounds", "prompts_per_round", "examples_per_prompt", "new_per_prompt",
                     "min_words"):
             require_number(where, key, getattr(self, key), low=1, whole=True)
@@ -87,10 +95,13 @@ class SelfInstructConfig(JobConfig):
 
 # ---- prompt files (shared with evolve.py) ----
 
-def load_propose_template(path: str) -> tuple[jinja2.Template, str]:
-    """(template, its text) of the `propose` key."""
-    text = text_key(read_yaml_resource(path, ("propose",)), path, "propose")
-    return compile_template(text, f"{path}: propose", PROPOSE_VARIABLES, required=("examples", "first")), text
+def load_propose_template(path: str, mode: str) -> tuple[jinja2.Template, str]:
+    """(template, its text) of the file's template for `mode` (its key is the mode's name)."""
+    text = text_key(read_yaml_resource(path, MODES), path, mode)
+    template = compile_template(text, f"{path}: {mode}", PROPOSE_VARIABLES, required=("examples", "first"))
+    if mode == "complete" and not text.rstrip().endswith("{{ first }}."):
+        raise DataError(f"{path}: complete: must end with `{{{{ first }}}}.`, where the model writes the next task")
+    return template, text
 
 
 # ---- seed tasks ----
@@ -152,6 +163,25 @@ def read_reply(text: str, finish_reason: str, first: int) -> tuple[list[str] | N
     return items, cut
 
 
+def read_continuation(text: str, finish_reason: str, first: int) -> tuple[list[str] | None, str | None]:
+    """(tasks, cut-off last task) of a raw continuation of a prompt that ended with `first.`; tasks None when
+    not even one task was written."""
+    items, lines = [], f"{first}.{text}".splitlines()
+    read_all = True
+    for index, line in enumerate(lines):
+        found = re.fullmatch(r"(\d+)\s*[.)]\s+(\S.*)", line.strip())
+        if not line.strip():
+            continue
+        if not found or int(found.group(1)) != first + len(items):
+            read_all = False
+            break
+        items.append(found.group(2).strip())
+    cut = items.pop() if items and read_all and finish_reason == "length" else None
+    if not items and cut is None:
+        return None, None
+    return items, cut
+
+
 class Pool:
     """Everything kept so far (seeds first), with each text's normalised form and ROUGE tokens computed once."""
 
@@ -200,11 +230,13 @@ def propose_round(generator, cfg: SelfInstructConfig, template: jinja2.Template,
         examples = draw_examples(seeds, machine, cfg.examples_per_prompt, cfg.machine_examples, rng)
         first = len(examples) + 1
         firsts.append(first)
-        prompts.append(user_turn(template.render(examples=examples, first=first, last=first + cfg.new_per_prompt - 1,
-                                                 count=cfg.new_per_prompt, round=round_no, index=index).strip()))
+        text = template.render(examples=examples, first=first, last=first + cfg.new_per_prompt - 1,
+                               count=cfg.new_per_prompt, round=round_no, index=index).strip()
+        prompts.append(user_turn(text) if cfg.mode == "chat" else text)
     # Each round samples with its own seed, so a prompt that repeats an earlier round's (the same examples
     # drawn) gets a new reply rather than the cached one, whose tasks would all be duplicates now.
-    replies = generator.chat(prompts, cfg.generator.params(seed=cfg.generator.seed + round_no))
+    params = cfg.generator.params(seed=cfg.generator.seed + round_no)
+    replies = generator.chat(prompts, params) if cfg.mode == "chat" else generator.complete(prompts, params)
     pool = pool.copy()  # the caller adds this round's kept tasks from the entry, the one record of them
     kept = len(machine)
     entry: dict = {"round": round_no, "replies": [], "candidates": []}
@@ -214,7 +246,8 @@ def propose_round(generator, cfg: SelfInstructConfig, template: jinja2.Template,
         if completion.finish_reason == "error":
             entry["replies"].append({**record, "status": "error", "error": completion.error})
             continue
-        items, cut = read_reply(completion.text, completion.finish_reason, first)
+        read = read_reply if cfg.mode == "chat" else read_continuation
+        items, cut = read(completion.text, completion.finish_reason, first)
         entry["replies"].append({**record, "status": "unparseable" if items is None else "parsed"})
         for text in items or ():
             decision = {"decision": "over target"} if kept >= cfg.target else decide(text, pool, cfg)
@@ -307,10 +340,10 @@ def tally(cfg: SelfInstructConfig, rounds: Sequence[dict], answers: Sequence[dic
 def run_self_instruct(cfg: SelfInstructConfig, *, backend=None) -> JobResult:
     """Run (or resume) a self-instruct job; `backend`: a pre-built one (tests), used behind the cache."""
     validate_config(cfg)
-    template, template_text = load_propose_template(cfg.prompts or resource("self_instruct.yaml"))
+    template, template_text = load_propose_template(cfg.prompts or resource("self_instruct.yaml"), cfg.mode)
     seeds = [seed.text() for seed in read_seed_tasks(cfg.seed_tasks)]
     # The prompt's text and the seeds decide the results as much as the keys do: a changed file is another job.
-    header = {**result_config(cfg), "inputs": {"propose": stable_id(template_text), "seed_tasks": stable_id(seeds)}}
+    header = {**result_config(cfg), "inputs": {cfg.mode: stable_id(template_text), "seed_tasks": stable_id(seeds)}}
     journal = Journal(cfg.output_dir, "self-instruct", header, outputs=OUTPUTS, if_exists=cfg.if_exists)
     generator = open_generator(cfg.generator, journal.cache_path, backend)
     try:

@@ -73,6 +73,7 @@ def training(command: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
 
 
 JUDGE = ("--judge", NO_MODEL, "--no-progress")
+DATA_JOB = ("output_dir={out}", "generator.model=" + NO_MODEL, "progress=false")
 
 # (id, argv template, extension of the bad file, kinds of bad file tried). Templates name the bad
 # file {bad}, the run's output {out} and the good files of `env`.
@@ -112,6 +113,17 @@ INPUTS = [
     ("meta-eval-predictions", ("meta-eval", "--pairs", "{pairs}", "--predictions", "{bad}", "--out", "{out}"),
      ".jsonl", ("missing", "binary", "malformed", "eio")),
     ("report", ("report", "--results", "{bad}", "--out", "{out}"), ".json", ALL_KINDS),
+    ("data-templates", ("data", "templates", "tasks=[{bad}]", "output_dir={out}"), ".yaml",
+     ("missing", "folder", "binary", "eio")),
+    ("data-self-instruct", ("data", "self-instruct", "seed_tasks={bad}", *DATA_JOB), ".jsonl", ALL_KINDS),
+    ("data-evolve", ("data", "evolve", "instructions={bad}", *DATA_JOB), ".jsonl", ALL_KINDS),
+    ("data-label", ("data", "label", "prompts=", "responses=[{bad}]", *DATA_JOB, "judge.model=" + NO_MODEL),
+     ".jsonl", ALL_KINDS),
+    ("data-critique", ("data", "critique", "responses={bad}", *DATA_JOB), ".jsonl", ALL_KINDS),
+    ("data-contrast", ("data", "contrast", "prompts={bad}", *DATA_JOB), ".jsonl", ALL_KINDS),
+    ("data-dedup", ("data", "dedup", "data=[{bad}]", "output_dir={out}", "progress=false"), ".jsonl", ALL_KINDS),
+    ("data-decontaminate", ("data", "decontaminate", "data=[{responses}]", "eval_files=[{bad}]", "output_dir={out}",
+                            "progress=false"), ".jsonl", ("missing", "folder", "binary", "malformed", "eio")),
 ]
 
 
@@ -154,7 +166,7 @@ def assert_one_line_error(code: int, err: str, argv: list[str], *names: str) -> 
     assert "Traceback" not in err
     lines = err.strip("\n").splitlines()
     assert len(lines) == 1, err
-    command = argv[0] + (f"( {argv[1]})?" if argv[0] == "eval" else "")
+    command = argv[0] + (f"( {argv[1]})?" if argv[0] in ("eval", "data") else "")
     assert re.match(rf"alignkit {command}: error: ", lines[0]), lines[0]
     for name in names:
         assert name in lines[0], lines[0]

@@ -120,6 +120,8 @@ def test_package_data_covers_the_demo_files():
     shipped = {Path(p) for pattern in patterns for p in glob.glob(str(PACKAGE / pattern))}
     demo_files = set((PACKAGE / "demo" / "data").glob("*.jsonl"))
     assert demo_files and demo_files <= shipped
+    resources = set((PACKAGE / "construction" / "resources").glob("*"))  # the data commands' own prompts
+    assert resources and resources <= shipped
     assert config["project"]["scripts"]["alignkit"] == "alignkit.cli:main"
 
 

@@ -127,7 +127,7 @@ def test_config_errors_name_the_key(tmp_path):
     base = [f"output_dir={tmp_path / 'out'}", f"data=[{data}]"]
     with pytest.raises(ConfigError, match="eval_files: must be a list of at least one evaluation file"):
         load_config(DecontaminateConfig, None, base)
-    with pytest.raises(ConfigError, match=r"eval_files\[1\]: must be an existing file, got 'missing.json'"):
+    with pytest.raises(ConfigError, match=r"eval_files\[1\]: must be an existing file \(not found\), got 'missing.json'"):
         load_config(DecontaminateConfig, None, base + [f"eval_files=[{data}, missing.json]"])
     with pytest.raises(ConfigError, match="min_fraction: must be a number in"):
         load_config(DecontaminateConfig, None, base + [f"eval_files=[{data}]", "min_fraction=2"])

@@ -38,11 +38,12 @@ def digest(*parts) -> int:
 def rule(text: str, k: int, seed) -> str:
     """Proposals: a numbered list as asked; judge prompts: the output with the larger digest, unless the
     digest says the reply is garbled; anything else: an answer that depends on the prompt and sample."""
-    asked = re.search(r"numbered (\d+) to (\d+)", text)
-    if asked:
-        first, last = int(asked.group(1)), int(asked.group(2))
-        return "\n".join(f"{n}. {VERBS[digest(text, n) % 12]} {THINGS[digest(text, n, 1) % 17]} "
-                         f"{AUDIENCES[digest(text, n, 2) % 8]}." for n in range(first, last + 1))
+    continued = re.search(r"\n(\d+)\.$", text)  # a raw list to continue (mode: complete)
+    if continued:
+        first = int(continued.group(1))
+        listed = "\n".join(f"{n}. {VERBS[digest(text, n) % 12]} {THINGS[digest(text, n, 1) % 17]} "
+                           f"{AUDIENCES[digest(text, n, 2) % 8]}." for n in range(first, first + 5))
+        return listed[len(str(first)) + 1:] + "\n\nThat is the list."
     if "[Output A begins]" in text:
         shown = shown_outputs(text)
         if digest(sorted(shown.values())) % 5 == 0:

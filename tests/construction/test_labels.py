@@ -364,3 +364,28 @@ def test_cli_end_to_end_with_a_standin_judge_server(tmp_path, monkeypatch, capsy
     assert [(p.prompt, p.chosen[0]["content"], p.rejected[0]["content"]) for p in pairs] == [
         (user("p1"), "GOOD one", "plain one"), (user("p2"), "GOOD x", "plain"), (user("p2"), "GOOD x", "also plain")]
     assert read_jsonl(tmp_path / "cli" / "pairs.jsonl")[0]["judge"] == "standin"
+
+
+def test_verdicts_read_from_log_probabilities_in_both_orders(tmp_path):
+    """A judge whose text never holds a verdict line, but whose probabilities at the first token prefer the
+    GOOD output, or always "A" (position bias: the orders disagree and the pair is dropped)."""
+    class Probabilities(RuleBackend):
+        def chat(self, conversations, params):
+            assert params.logprobs == 5
+            out = []
+            for conversation in conversations:
+                shown = shown_outputs(conversation[-1]["content"])
+                favoured = "A" if "BIAS" in shown["A"] + shown["B"] or "GOOD" in shown["A"] else "B"
+                other = "B" if favoured == "A" else "A"
+                out.append([Completion(favoured, top_logprobs=[{favoured: -0.2, other: -1.8, "The": -3.0}])])
+            return out
+
+    path = write_jsonl(tmp_path / "s.jsonl", [{"messages": user("q1"), "responses": ["plain", "GOOD one"]},
+                                              {"messages": user("q2"), "responses": ["BIAS x", "BIAS y"]}])
+    result = run_label(config(tmp_path, responses=[path], use_logprobs=True), judge_backend=Probabilities(None))
+    assert result.counts.to_dict()["pairs"]["kept"] == 1
+    assert result.counts.to_dict()["pairs"]["dropped"]["orders disagree"] == 1
+    (row,) = read_jsonl(tmp_path / "out" / "pairs.jsonl")
+    assert row["chosen"][0]["content"] == "GOOD one" and row["rejected"][0]["content"] == "plain"
+    with pytest.raises(ConfigError, match="use_logprobs: must be false with a strategy that reasons"):
+        load_config(LabelConfig, None, ["output_dir=o", "responses=[x]", "use_logprobs=true", "strategy=rules+cot"])

@@ -9,7 +9,7 @@ from alignkit.config import ConfigError, load_config
 from alignkit.construction.self_instruct import SelfInstructConfig, draw_examples, read_reply, run_self_instruct
 from alignkit.data.errors import DataError, RecordError
 from alignkit.generation.backend import Completion
-from tests.helpers.construction import CompletionBackend, standin_server
+from tests.helpers.construction import CompletionBackend, RuleBackend, standin_server
 from tests.helpers.crash import Crash
 from tests.helpers.files import write_jsonl
 from tests.helpers.files import read_jsonl
@@ -53,7 +53,7 @@ def rule(text, sample, seed):
 def job(tmp_path, name="out", **changes):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS)
     prompts = tmp_path / "prompts.yaml"
-    prompts.write_text("propose: |\n  ROUND {{ round }} PROMPT {{ index }}\n"
+    prompts.write_text("chat: |\n  ROUND {{ round }} PROMPT {{ index }}\n"
                        "  {% for task in examples %}\n  {{ loop.index }}. {{ task }}\n  {% endfor %}\n"
                        "  Continue from {{ first }}.\n")
     keys = dict(output_dir=str(tmp_path / name), seed_tasks=seeds, prompts=str(prompts), target=3, max_rounds=4,
@@ -181,8 +181,8 @@ def test_bad_seed_records_and_prompt_files_fail_in_one_line(tmp_path):
     with pytest.raises(RecordError, match=r"seeds.jsonl:2: instruction: must be a non-empty string"):
         run_self_instruct(cfg, backend=CompletionBackend(rule))
     cfg = job(tmp_path)
-    (tmp_path / "prompts.yaml").write_text("propose: '{{ examples }} {{ first }} {{ topic }}'\n")
-    with pytest.raises(DataError, match=r"prompts.yaml: propose: unknown template variable\(s\) \['topic'\]"):
+    (tmp_path / "prompts.yaml").write_text("chat: '{{ examples }} {{ first }} {{ topic }}'\n")
+    with pytest.raises(DataError, match=r"prompts.yaml: chat: unknown template variable\(s\) \['topic'\]"):
         run_self_instruct(cfg, backend=CompletionBackend(rule))
     (tmp_path / "prompts.yaml").write_text("propse: '{{ examples }} {{ first }}'\n")
     with pytest.raises(DataError, match=r"prompts.yaml: unknown key\(s\) \['propse'\]"):
@@ -193,13 +193,14 @@ def test_bad_seed_records_and_prompt_files_fail_in_one_line(tmp_path):
 
 def standin_rule(text, sample, seed):
     """Over HTTP with alignkit's own proposal prompt: new tasks numbered as asked, then plain answers."""
-    asked = re.search(r"numbered (\d+) to (\d+)", text)
+    asked = re.search(r"numbered (\d+) to (\d+)", text) or re.search(r"\n(\d+)\.$", text)  # chat | complete
     if not asked:
         return f"Here is an answer: {text[:40]}"
     tasks = ["Explain why bread goes stale.", "Compare tea and coffee for a morning routine.",
              "Write a toast for a friend's retirement.", "Suggest a name for a hiking club."]
     first = int(asked.group(1))
-    return "\n".join(f"{first + i}. {task}" for i, task in enumerate(tasks))
+    listed = "\n".join(f"{first + i}. {task}" for i, task in enumerate(tasks))
+    return listed if asked.re.pattern.startswith("numbered") else listed[len(str(first)) + 1:] + "\nThe end."
 
 
 def test_the_cli_runs_the_shipped_config_over_http(tmp_path, monkeypatch, capsys):
@@ -217,3 +218,45 @@ def test_the_cli_runs_the_shipped_config_over_http(tmp_path, monkeypatch, capsys
                                                     "Compare tea and coffee for a morning routine.",
                                                     "Write a toast for a friend's retirement."]
     assert len(read_jsonl(out / "sft.jsonl")) == 3 and len(log.prompts) == 2 + 3  # one round of 2 prompts, 3 answers
+
+
+def test_a_continuation_is_read_up_to_the_first_line_that_is_not_the_next_task():
+    from alignkit.construction.self_instruct import read_continuation
+
+    text = " Plan a picnic.\n5. Explain tides.\n\n6. Name a fish.\nAnswer: 7. Not a task\n8. Not read either."
+    assert read_continuation(text, "stop", 4) == (["Plan a picnic.", "Explain tides.", "Name a fish."], None)
+    # The list ran to max_tokens: its last task may be half a task.
+    assert read_continuation(" Plan a picnic.\n5. Explain ti", "length", 4) == (["Plan a picnic."], "Explain ti")
+    # Stopped by a line that is not the list: the last task is whole.
+    assert read_continuation(" Plan a picnic.\n\nNow", "length", 4) == (["Plan a picnic."], None)
+    assert read_continuation(" \nSure, here you go", "stop", 4) == (None, None)
+    assert read_continuation("", "stop", 4) == (None, None)
+
+
+def test_complete_mode_continues_a_raw_list_and_its_template_must_end_where_the_next_task_begins(tmp_path):
+    prompts_seen = []
+
+    def continuation(text, sample, seed):
+        prompts_seen.append(text)
+        if not re.search(r"\n\d+\.$", text):
+            return "An answer."
+        if "limerick" in text:
+            return " Name three rivers in Africa.\n5. Explain how a lock works.\nThat is all."
+        if "baking soda" in text:
+            return "\n\nNothing to add."  # no task: the reply is unparseable
+        return " Describe the water cycle in simple terms."
+
+    cfg = job(tmp_path, mode="complete", target=3, max_rounds=2)
+    prompts = tmp_path / "complete.yaml"
+    prompts.write_text("complete: |\n  {% for task in examples %}\n  {{ loop.index }}. {{ task }}\n  {% endfor %}\n"
+                       "  {{ first }}.\n")
+    cfg.prompts = str(prompts)
+    result = run_self_instruct(cfg, backend=RuleBackend(continuation))
+    assert prompts_seen[0].endswith("\n4.") and "1. " in prompts_seen[0]  # raw text: no chat template, no ask
+    kept = [row["instruction"] for row in read_jsonl(tmp_path / "out" / "instructions.jsonl")]
+    assert "Explain how a lock works." in kept and "Name three rivers in Africa." in kept
+    assert result.counts.to_dict()["proposals"]["dropped"]["unparseable"] >= 1  # the replies with no task
+
+    prompts.write_text("complete: |\n  {% for task in examples %}{{ task }} {% endfor %}{{ first }}\n  Next:\n")
+    with pytest.raises(DataError, match=r"complete.yaml: complete: must end with `\{\{ first \}\}\.`"):
+        run_self_instruct(job(tmp_path, "bad", mode="complete", prompts=str(prompts)), backend=RuleBackend(continuation))

@@ -1,8 +1,8 @@
 """Stand-ins for a generating model in data-construction tests: replies follow a rule the test writes.
 
-`RuleBackend` answers in this process; `standin_server` serves the same rule as an OpenAI-compatible
-chat endpoint over real HTTP (uvicorn in a background thread), for jobs that call `openai:<model>@<url>`.
-A rule gets the last user message and the sample's index and seed, and returns the reply text.
+`RuleBackend` answers in this process; `standin_server` serves the same rule as OpenAI-compatible
+chat and text completion endpoints over real HTTP (uvicorn in a background thread), for jobs that call `openai:<model>@<url>`.
+A rule gets the last user message (or the raw prompt) and the sample's index and seed, and returns the reply text.
 """
 from __future__ import annotations
 
@@ -92,10 +92,7 @@ class ServerLog:
 def standin_app(rule: Rule, log: ServerLog, delay: float = 0.0) -> FastAPI:
     app = FastAPI()
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await request.json()
-        text = body["messages"][-1]["content"]
+    async def answer(body: dict, text: str, chat: bool) -> dict:
         with log.lock:
             log.prompts.append(text)
         if delay:
@@ -106,10 +103,23 @@ def standin_app(rule: Rule, log: ServerLog, delay: float = 0.0) -> FastAPI:
         replies = [rule(text, k, body.get("seed")) for k in range(n)]
         with log.lock:
             log.answered += 1
-        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+        usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}
+        if not chat:
+            return {"id": "c", "object": "text_completion", "created": 0, "model": body["model"], "usage": usage,
+                    "choices": [{"index": k, "text": reply, "finish_reason": "stop"} for k, reply in enumerate(replies)]}
+        return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "usage": usage,
                 "choices": [{"index": k, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
-                            for k, reply in enumerate(replies)],
-                "usage": {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": 1 + n}}
+                            for k, reply in enumerate(replies)]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        return await answer(body, body["messages"][-1]["content"], chat=True)
+
+    @app.post("/v1/completions")
+    async def complete(request: Request):
+        body = await request.json()
+        return await answer(body, body["prompt"], chat=False)
 
     return app
 
