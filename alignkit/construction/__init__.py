@@ -14,6 +14,6 @@
 The shared pieces: `generator.py` (the model section every generating command has, opened behind the
 SQLite cache), `journal.py` (results appended as they arrive with stable ids, so a killed job resumes
 where it stopped), `counts.py` (what each step kept and dropped, and why), `prompt_files.py` (the YAML
-prompts, principles and directions, alignkit's own in resources/) and `rows.py` (the SFT and preference
-layouts written). The package uses generation/, judges/ and data/; nothing beneath it imports it.
+prompts, principles and directions, alignkit's own in resources/), `inputs.py` (input records, each
+conversation once) and `rows.py` (the SFT and preference layouts written). The package uses generation/, judges/ and data/; nothing beneath it imports it.
 """

@@ -33,8 +33,6 @@ Choices made here, and why:
   stable_id(prompt messages, response); a sampled response is its own unit first (id = stable_id(prompt
   messages)). Outputs and counts are built from the journal entries alone when the job ends.
 
-The shared pieces at the bottom (a YAML resource reader, an output's failure, prompts read once each) are
-used by contrast.py too.
 """
 from __future__ import annotations
 
@@ -44,12 +42,13 @@ from typing import Any, Sequence
 from alignkit.config import require, require_number, validate_config
 from alignkit.construction.counts import Counts, JobResult
 from alignkit.construction.filters import completion_failure, same_text, squash
-from alignkit.construction.generator import GeneratorConfig, JobConfig, open_generator, resource
-from alignkit.construction.journal import Journal, result_config, run_pending, stable_id
+from alignkit.construction.generator import GeneratorConfig, JobConfig, first_replies, open_generator, resource
+from alignkit.construction.inputs import own_fields, unique_prompts
+from alignkit.construction.journal import Journal, draw, result_config, run_pending, stable_id
 from alignkit.construction.prompt_files import compile_template, named_entries, read_yaml_resource, text_key
 from alignkit.construction.rows import pair_row, sft_row
 from alignkit.data.errors import DataError, describe_type
-from alignkit.data.prompts import PromptRecord, read_prompt_records, split_repeats
+from alignkit.data.prompts import PromptRecord, read_prompt_records
 from alignkit.generation.backend import Backend, Completion, SamplingParams
 
 OUTPUTS = ("sft.jsonl", "pairs.jsonl", "dropped.jsonl")
@@ -120,11 +119,6 @@ def render_request(template, principle: Principle, request: str) -> str:
 def pick_principle(principles: Sequence[Principle], seed: int, unit_id: str, round_number: int) -> Principle:
     """The principle of one round: a hash of (seed, unit id, round), the same in every run and batching."""
     return principles[draw(len(principles), seed, unit_id, round_number)]
-
-
-def draw(n: int, *key: Any) -> int:
-    """An index in [0, n) that depends on `key` alone."""
-    return int(stable_id(*key), 16) % n
 
 
 def critique_conversation(prompt: list[dict], response: str, request: str) -> list[dict]:
@@ -212,16 +206,6 @@ def revise_chunk(backend: Backend, params: SamplingParams, constitution: Constit
                 chain.versions.append(reply.text)
     return [{key: chain.unit[key] for key in ("prompt", "original", "source", "record")} | {"rounds": chain.rounds}
             for chain in chains]
-
-
-def first_replies(backend: Backend, conversations: list[list[dict]], params: SamplingParams) -> list[Completion]:
-    if not conversations:
-        return []
-    replies = backend.chat(conversations, params)
-    if len(replies) != len(conversations) or any(not reply for reply in replies):
-        raise RuntimeError(f"backend {backend.model_id!r} returned {len(replies)} replies (some may be empty) "
-                           f"for {len(conversations)} conversations")
-    return [reply[0] for reply in replies]
 
 
 def _fail(chain: _Chain, reason: str, reply: Completion) -> None:
@@ -312,12 +296,6 @@ def response_unit(prompt: PromptRecord, response: str) -> dict:
             "source": prompt.metadata["source"], "record": own_fields(prompt)}
 
 
-def own_fields(prompt: PromptRecord) -> dict:
-    # Nested, not beside the row's own fields: a record's `id`, `label` or `model` must neither overwrite
-    # the row's nor be read by a loader as the row's (a `label` would make a pair a KTO record).
-    return {k: v for k, v in prompt.record_fields().items() if k not in ("finish_reason", "reference")}
-
-
 def response_units(records: list[PromptRecord], drop_cut_off: bool, counts: Counts) -> tuple[list[dict], list[dict]]:
     """Units of a responses file, and the dropped rows of the records that cannot be revised."""
     counts.declare("responses", ("duplicate", "response error", "response empty", "response cut off"))
@@ -396,13 +374,4 @@ def sample_entry(reply: Completion, drop_cut_off: bool) -> dict:
     return entry
 
 
-# ----------------------------------------------------------------------------- shared with contrast.py
 
-def unique_prompts(records: list[PromptRecord], counts: Counts, step: str = "prompts") -> list[PromptRecord]:
-    """The records whose conversation has not been seen before; repeats are counted as `duplicate`."""
-    unique, repeats = split_repeats(records)
-    counts.declare(step, ("duplicate",))
-    counts.keep(step, len(unique))
-    if repeats:
-        counts.drop(step, "duplicate", len(repeats))
-    return unique

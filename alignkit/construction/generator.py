@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignkit.config import require, require_choice, require_number
-from alignkit.generation.backend import Backend, SamplingParams
+from alignkit.generation.backend import Backend, Completion, SamplingParams
 from alignkit.generation.specs import BackendOptions, build_backend, parse_backend_spec
 
 
@@ -102,6 +102,17 @@ class InFlightChunks:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def first_replies(backend: Backend, conversations: list[list[dict]], params: SamplingParams) -> list[Completion]:
+    """The first reply to each conversation, in one call; a backend that answers fewer is an error, never a gap."""
+    if not conversations:
+        return []
+    replies = backend.chat(conversations, params)
+    if len(replies) != len(conversations) or any(not reply for reply in replies):
+        raise RuntimeError(f"backend {backend.model_id!r} returned {len(replies)} replies (some may be empty) "
+                           f"for {len(conversations)} conversations")
+    return [reply[0] for reply in replies]
 
 
 def resource(name: str) -> str:

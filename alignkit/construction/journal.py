@@ -36,6 +36,11 @@ def stable_id(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
+def draw(n: int, *key: Any) -> int:
+    """An index in [0, n) that depends on `key` alone: a seeded choice that no batching or resume changes."""
+    return int(stable_id(*key), 16) % n
+
+
 class Journal:
     def __init__(self, output_dir: str, job: str, config: dict, *, outputs: Sequence[str] = (),
                  if_exists: str = "resume"):
