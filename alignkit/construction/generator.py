@@ -16,9 +16,9 @@ from alignkit.generation.specs import BackendOptions, build_backend, parse_backe
 @dataclass
 class GeneratorConfig:
     model: str = "embedded"  # embedded | a model folder or hub id | openai:<model>@<url> | vllm:<model>
-    max_tokens: int = 256
+    max_tokens: int = 256  # cap on each reply
     temperature: float = 0.7  # 0: greedy
-    top_p: float = 1.0
+    top_p: float = 1.0  # nucleus sampling: the smallest set of tokens holding this much probability
     seed: int = 0  # each prompt's sample derives from it and the prompt, so a rerun draws the same text
     dtype: str = "fp32"  # weights of a model loaded here
     batch_size: int = 16  # prompts per backend call; each finished call is journaled and cached

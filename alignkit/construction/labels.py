@@ -85,9 +85,8 @@ class LabelConfig(JobConfig):
     strategy: str = "plain"  # judge strategy: plain, or a "+"-joined mix of rules, cot, metrics, reference, swap
     allow_tie: bool = False  # the judge may answer "tie"; a tie in both orders is dropped and counted
     parse_retries: int = 0  # re-asks (with a new seed) after a reply without a verdict
-    # Read each verdict from the probabilities of "A" and "B" at the verdict token (strategies without cot or
-    # swap): a small judge that rarely writes the verdict line still gives one in each order.
-    use_logprobs: bool = False
+    # A small judge that rarely writes the verdict line still gives one in each order this way.
+    use_logprobs: bool = False  # read each verdict from P("A") vs P("B") at the verdict token (no cot, no swap)
     principles: str | None = ""  # YAML file of principles to judge by; empty: alignkit's own; null: none
     batch_size: int = 8  # prompts per chunk, sampled and judged together, then journaled
 

@@ -129,3 +129,15 @@ def test_python_dash_m_alignkit_cli_is_the_command():
     proc = subprocess.run([sys.executable, "-m", "alignkit.cli", "--help"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0 and "rm-eval" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["templates", "self-instruct", "evolve", "label", "critique", "contrast", "dedup",
+                                     "decontaminate", "stats"])
+def test_every_data_command_key_is_explained_in_its_help(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["data", command, "--help"])
+    assert stop.value.code == 0
+    keys = capsys.readouterr().out.split("config keys (YAML or key=value):")[1].strip("\n").splitlines()
+    assert any(line.strip().startswith("output_dir (") for line in keys)
+    unexplained = [line.strip() for line in keys if "): " not in line]  # `key (default): what it does`
+    assert not unexplained, unexplained
