@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test browser bench data-example clean
+.PHONY: setup demo test browser bench data-example annotate-example clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ bench: setup
 # Data built by templates and the embedded model, then SFT and DPO on it (README.md, "Building data").
 data-example: setup
 	ALIGNKIT=$(BIN)/alignkit PYTHON=$(BIN)/python examples/data_pipeline.sh
+
+# Human preferences end to end: task file, the app, two scripted annotators, exports, agreement, report.
+annotate-example: setup
+	ALIGNKIT=$(BIN)/alignkit PYTHON=$(BIN)/python examples/annotate_quickstart.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from alignkit.cli import data, demo, evaluate, generate, reward_sampling, rl, serve, train
+from alignkit.cli import annotate, data, demo, evaluate, generate, reward_sampling, rl, serve, train
 
 __all__ = ["build_parser", "main"]
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_rl(sub)
     reward_sampling.add_reward_sampling(sub)
     data.add_data(sub)
+    annotate.add_annotate(sub)
     generate.add_score(sub)
     evaluate.add_rm_eval(sub)
     return parser
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     trains = train.trains(args.command)
     # `alignkit data label: error: ...`: a command with subcommands is named with the one that failed.
-    name = " ".join(str(part) for part in (args.command, getattr(args, "data_command", None)) if part)
+    name = " ".join(str(part) for part in (args.command, getattr(args, "data_command", None),
+                                           getattr(args, "annotate_command", None)) if part)
     # Each rank reports its own error: the launcher stops the others as soon as one exits, so a rank
     # that stayed silent could end rank 0 before it printed. The rank tells the duplicate lines apart.
     rank = os.environ.get("RANK", "0").strip() if trains else "0"

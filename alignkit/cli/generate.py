@@ -12,7 +12,7 @@ def cmd_generate(a) -> None:
     # Inputs and output are checked before the model loads, so a mistake costs no load or generation.
     check_output_file(a.out, "--out")
     n = run_generate(a.prompts, a.out, lambda: local_backend(a.model, a.dtype, a.batch_size, a.chat_template),
-                     sampling_params(a), model_name=a.model)
+                     sampling_params(a), model_name=a.name or a.model)
     print(f"wrote {n} responses to {a.out}")
 
 
@@ -58,6 +58,8 @@ def _score_with_rewards(a) -> None:
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a file of prompts (JSONL/JSON/Parquet/CSV) into a JSONL file")
     p.add_argument("--model", default="embedded")
+    p.add_argument("--name", help="the model's name in the output rows, and so in task files and tables "
+                                  "(default: the --model value)")
     p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)

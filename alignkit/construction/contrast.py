@@ -33,7 +33,8 @@ from alignkit.construction.filters import completion_failure, same_text
 from alignkit.construction.prompt_files import named_entries, read_yaml_resource
 from alignkit.construction.generator import GeneratorConfig, JobConfig, first_replies, open_generator, resource
 from alignkit.construction.inputs import own_fields, unique_prompts
-from alignkit.construction.journal import Journal, draw, result_config, run_pending, stable_id
+from alignkit.construction.journal import Journal, result_config, run_pending
+from alignkit.stable_ids import draw, stable_id
 from alignkit.construction.rows import pair_row
 from alignkit.data.prompts import PromptRecord, read_prompt_records
 from alignkit.generation.backend import Backend, Completion, SamplingParams

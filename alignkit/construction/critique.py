@@ -44,7 +44,8 @@ from alignkit.construction.counts import Counts, JobResult
 from alignkit.construction.filters import completion_failure, same_text, squash
 from alignkit.construction.generator import GeneratorConfig, JobConfig, first_replies, open_generator, resource
 from alignkit.construction.inputs import own_fields, unique_prompts
-from alignkit.construction.journal import Journal, draw, result_config, run_pending, stable_id
+from alignkit.construction.journal import Journal, result_config, run_pending
+from alignkit.stable_ids import draw, stable_id
 from alignkit.construction.prompt_files import compile_template, named_entries, read_yaml_resource, text_key
 from alignkit.construction.rows import pair_row, sft_row
 from alignkit.data.errors import DataError, describe_type

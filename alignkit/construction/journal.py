@@ -13,7 +13,6 @@ A rerun with a config that would change the results stops with the keys that dif
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -29,16 +28,6 @@ JOURNAL = "journal.jsonl"
 CACHE = "cache.sqlite"
 SUMMARY = "summary.json"
 IF_EXISTS = ("resume", "overwrite")
-
-
-def stable_id(*parts: Any) -> str:
-    """A short id that depends on `parts` alone (their JSON), the same in every run."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
-
-
-def draw(n: int, *key: Any) -> int:
-    """An index in [0, n) that depends on `key` alone: a seeded choice that no batching or resume changes."""
-    return int(stable_id(*key), 16) % n
 
 
 class Journal:

@@ -53,7 +53,8 @@ from alignkit.config import ConfigError, read_yaml, require, require_choice, req
 from alignkit.construction.counts import Counts, JobResult
 from alignkit.construction.filters import same_text
 from alignkit.construction.generator import GeneratorConfig, JobConfig, open_generator, resource
-from alignkit.construction.journal import Journal, result_config, run_pending, stable_id
+from alignkit.construction.journal import Journal, result_config, run_pending
+from alignkit.stable_ids import stable_id
 from alignkit.construction.rows import pair_row
 from alignkit.data.errors import RecordError, describe_type
 from alignkit.data.formats import as_list, required

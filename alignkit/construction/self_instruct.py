@@ -41,7 +41,8 @@ from alignkit.config import require, require_choice, require_number, validate_co
 from alignkit.construction import filters
 from alignkit.construction.counts import Counts, JobResult
 from alignkit.construction.generator import GeneratorConfig, JobConfig, open_generator, resource
-from alignkit.construction.journal import Journal, result_config, run_pending, stable_id
+from alignkit.construction.journal import Journal, result_config, run_pending
+from alignkit.stable_ids import stable_id
 from alignkit.construction.prompt_files import compile_template, read_yaml_resource, text_key
 from alignkit.construction.rows import sft_row, user_turn
 from alignkit.data.errors import DataError, RecordError, describe_type

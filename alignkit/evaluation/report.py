@@ -35,8 +35,15 @@ entry are kept in the JSON file but not drawn.
     "curves": [                                           one line chart per entry (e.g. reward per step)
         {"title": str, "x_label": str, "y_label": str,
          "series": [{"name": str, "x": [number], "y": [number]}]}]
+    "agreement": [                                        annotation.agreement.Agreement.to_dict() + "task"
+        {"task": str, "level": "nominal" | "ordinal" | "interval", "n_items": int, "annotators": [str],
+         "cohen_kappa": [[kappa | null]], "fleiss_kappa": kappa | null, "fleiss_items": int?,
+         "krippendorff_alpha": kappa | null, "with_majority": {annotator: rate | null},
+         "with_majority_items": {annotator: int}?, "n_labels": int?, "shared_items": [[int]]?}]
     "tables": [{"title": str, "columns": [str], "rows": [[str | number | bool | null]]}]
 
+"kappa" means a number at most 1 (kappa and alpha go below 0 for worse than chance agreement);
+cohen_kappa is a square matrix, a row per annotator in the order of "annotators".
 Histogram bins are the integers scale_min..scale_max; a score goes to the nearest one.
 """
 from __future__ import annotations
@@ -47,13 +54,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alignkit.atomic_write import write_json_atomic, write_text_atomic
-from alignkit.evaluation.report_charts import (PALETTE, Mark, Row, esc, histogram, horizontal_chart, html_table,
-                                               line_chart, num, pct, scatter, shorten)
+from alignkit.evaluation.report_charts import (PALETTE, Mark, Row, esc, heat_matrix, histogram, horizontal_chart,
+                                               html_table, line_chart, num, pct, scatter)
 
 SECTIONS = ("win_rates", "leaderboard", "score_distributions", "score_vs_length", "strategy_comparison",
-            "ifeval", "before_after", "curves", "tables")
+            "ifeval", "before_after", "curves", "agreement", "tables")
 TOP_LEVEL = ("title", "meta") + SECTIONS
 FORMAT_VERSION = 1
+# Levels of measurement of agreement figures (annotation.agreement computes them).
+AGREEMENT_LEVELS = ("nominal", "ordinal", "interval")
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
@@ -100,6 +109,7 @@ _KIND_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "list": (lambda v: isinstance(v, list), "a list"),
     "dict": (lambda v: isinstance(v, dict), "an object"),
+    "kappa": (lambda v: _is_number(v) and v <= 1, "a number at most 1 (a kappa, not a percentage)"),
 }
 
 
@@ -187,6 +197,8 @@ def _validate(results: dict[str, Any]) -> None:
             for k, cell in enumerate(row):
                 if isinstance(cell, (dict, list)):
                     raise ReportError(f"{where}['rows'][{j}][{k}]: cells must be strings, numbers, booleans or null")
+    for i, entry in enumerate(_check_list(results.get("agreement", []), "results['agreement']")):
+        _validate_agreement(entry, f"results['agreement'][{i}]")
 
 
 def _validate_leaderboard(board: Any) -> None:
@@ -209,6 +221,37 @@ def _validate_leaderboard(board: Any) -> None:
                 _check_fields({"p": p}, {"p": "rate"}, f"{where}['win_matrix']['probabilities'][{i}][{j}]")
         if len(matrix["probabilities"]) != size:
             raise ReportError(f"{where}['win_matrix']: {size} models but {len(matrix['probabilities'])} rows")
+
+
+_AGREEMENT_FIELDS = {
+    "task": "str", "level": "str", "n_items": "int", "n_labels": "int?", "annotators": "list", "cohen_kappa": "list",
+    "shared_items": "list?", "fleiss_kappa": "kappa|null", "fleiss_items": "int?", "krippendorff_alpha": "kappa|null",
+    "with_majority": "dict", "with_majority_items": "dict?",
+}
+
+
+def _validate_agreement(entry: Any, where: str) -> None:
+    _check_fields(entry, _AGREEMENT_FIELDS, where)
+    if entry["level"] not in AGREEMENT_LEVELS:
+        raise ReportError(f"{where}: field 'level' must be one of {list(AGREEMENT_LEVELS)}, got {entry['level']!r}")
+    names = entry["annotators"]
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise ReportError(f"{where}['annotators'][{i}]: expected a string, got {name!r}")
+    for field, kind, wanted in (("cohen_kappa", "kappa|null", "kappas or nulls"), ("shared_items", "int", "counts")):
+        matrix = entry.get(field)
+        if matrix is None:
+            continue
+        if len(matrix) != len(names):
+            raise ReportError(f"{where}['{field}']: {len(names)} annotators but {len(matrix)} rows")
+        for i, row in enumerate(matrix):
+            if not isinstance(row, list) or len(row) != len(names):
+                raise ReportError(f"{where}['{field}'][{i}]: expected a list of {len(names)} {wanted}")
+            for j, value in enumerate(row):
+                _check_fields({"v": value}, {"v": kind}, f"{where}['{field}'][{i}][{j}]")
+    for field, kind in (("with_majority", "rate|null"), ("with_majority_items", "int")):
+        for name, value in (entry.get(field) or {}).items():
+            _check_fields({name: value}, {name: kind}, f"{where}['{field}']")
 
 
 def _validate_scatter(section: Any) -> None:
@@ -300,22 +343,11 @@ def _leaderboard_section(board: dict[str, Any]) -> str:
     content = chart + table
     matrix = board.get("win_matrix")
     if matrix:
-        content += "<h3>Predicted win rate (row beats column)</h3>" + _win_matrix(matrix)
+        content += "<h3>Predicted win rate (row beats column)</h3>" + heat_matrix(
+            matrix["models"], matrix["probabilities"], low=0.0, neutral=0.5, high=1.0, fmt=pct)
     note = (f"Bradley-Terry maximum likelihood, ties as half wins, on an Elo scale with "
             f"{esc(board['anchor'])} fixed at {board['anchor_rating']:g} (dashed line).")
     return _section("leaderboard", "Leaderboard", content, note)
-
-
-def _win_matrix(matrix: dict[str, Any]) -> str:
-    def cell(p: float) -> str:
-        # white at 0.5, green towards 1, red towards 0
-        strength = abs(p - 0.5) * 2
-        r, g, b = (int(255 - strength * (255 - c)) for c in ((99, 190, 123) if p >= 0.5 else (248, 105, 107)))
-        return f'<td style="background: rgb({r}, {g}, {b})">{pct(p)}</td>'
-
-    names = matrix["models"]
-    rows = [[esc(name)] + [cell(p) for p in matrix["probabilities"][i]] for i, name in enumerate(names)]
-    return html_table([""] + [shorten(n, 16) for n in names], rows)
 
 
 def _distributions_section(entries: list[dict[str, Any]]) -> str:
@@ -424,6 +456,43 @@ def _tables_section(tables: list[dict[str, Any]]) -> str:
     return _section("tables", "Tables", "".join(parts))
 
 
+def _agreement_section(entries: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in entries:
+        fleiss = num(e["fleiss_kappa"], 3)
+        if e.get("fleiss_items") is not None:
+            fleiss += f" ({num(e['fleiss_items'])} items)"
+        summary = html_table(["level", "items", "annotators", "labels", "Fleiss' κ", "Krippendorff's α"], [[
+            esc(e["level"]), num(e["n_items"]), num(len(e["annotators"])), num(e.get("n_labels")), esc(fleiss),
+            num(e["krippendorff_alpha"], 3)]])
+        # kappa is 0 at chance and 1 at full agreement; -1 is the usual floor, so the colours span [-1, 1]
+        matrix = heat_matrix(e["annotators"], e["cohen_kappa"], low=-1.0, neutral=0.0, high=1.0,
+                             fmt=lambda k: f"{k:.2f}")
+        parts.append(f"<h3>{esc(e['task'])}</h3>{summary}<h4>Cohen's κ between annotators</h4>{matrix}"
+                     + _majority_chart(e))
+    return _section("agreement", "Annotator agreement", "".join(parts),
+                    "Cohen's κ per pair over the items both labelled (weighted linearly for ordinal labels, "
+                    "quadratically for interval labels; — where undefined or fewer than 2 shared items); Fleiss' κ "
+                    "treats labels as categories and counts only the items with the most common number of labels; "
+                    "Krippendorff's α uses every item with two labels or more. 0 is chance agreement, 1 perfect.")
+
+
+def _majority_chart(entry: dict[str, Any]) -> str:
+    """Each annotator's share of items where they agree with the other annotators' majority label."""
+    shares = entry["with_majority"]
+    if not shares:
+        return ""
+    items = entry.get("with_majority_items") or {}
+    rows = []
+    for name, share in shares.items():
+        text = pct(share) + (f" of {num(items[name])}" if items.get(name) is not None else "")
+        rows.append(Row(name, [Mark(0, share, text=text)]))
+    return ("<h4>Agreement with the others' majority</h4>"
+            + horizontal_chart(rows, ["agreement with the majority"], domain=(0.0, 1.0), css_class="agreement",
+                               tick_format=lambda t: f"{100 * t:.0f}%",
+                               label=f"agreement with the majority per annotator, {entry['task']}"))
+
+
 _RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "win_rates": ("Win rates", _win_rates_section),
     "leaderboard": ("Leaderboard", _leaderboard_section),
@@ -434,6 +503,7 @@ _RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "before_after": ("Before/after", _before_after_section),
     "curves": ("Curves", _curves_section),
     "tables": ("Tables", _tables_section),
+    "agreement": ("Agreement", _agreement_section),
 }
 
 

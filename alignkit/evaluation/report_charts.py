@@ -48,6 +48,23 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], text_colum
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def heat_matrix(names: Sequence[str], values: Sequence[Sequence[float | None]], *, low: float, neutral: float,
+                high: float, fmt: Callable[[float], str]) -> str:
+    """A square table, rows and columns named by `names`, each cell tinted by its value: white at
+    `neutral`, deepening to green at `high` and to red at `low` (values outside are held at the ends).
+    A None cell is printed as a dash, untinted."""
+    def cell(value: float | None) -> str:
+        if value is None:
+            return "—"
+        span = (high - neutral) if value >= neutral else (neutral - low)
+        strength = min(1.0, abs(value - neutral) / span) if span > 0 else 1.0
+        r, g, b = (int(255 - strength * (255 - c)) for c in ((99, 190, 123) if value >= neutral else (248, 105, 107)))
+        return f'<td style="background: rgb({r}, {g}, {b})">{esc(fmt(value))}</td>'
+
+    rows = [[esc(name)] + [cell(v) for v in values[i]] for i, name in enumerate(names)]
+    return html_table([""] + [shorten(n, 16) for n in names], rows)
+
+
 # ============================================================================ SVG charts
 
 def _linear(d0: float, d1: float, r0: float, r1: float) -> Callable[[float], float]:

@@ -124,6 +124,10 @@ INPUTS = [
     ("data-dedup", ("data", "dedup", "data=[{bad}]", "output_dir={out}", "progress=false"), ".jsonl", ALL_KINDS),
     ("data-decontaminate", ("data", "decontaminate", "data=[{responses}]", "eval_files=[{bad}]", "output_dir={out}",
                             "progress=false"), ".jsonl", ("missing", "folder", "binary", "malformed", "eio")),
+    ("annotate-serve", ("annotate", "serve", "--db", "{out}.db", "--tasks", "{bad}", "--arena", "a=" + NO_MODEL,
+                        "--arena", "b=" + NO_MODEL), ".jsonl", ALL_KINDS),
+    ("annotate-tasks", ("annotate", "tasks", "--outputs", "{bad}", "{outputs}", "--out", "{out}.jsonl"), ".jsonl",
+     ALL_KINDS),
 ]
 
 
@@ -166,7 +170,7 @@ def assert_one_line_error(code: int, err: str, argv: list[str], *names: str) -> 
     assert "Traceback" not in err
     lines = err.strip("\n").splitlines()
     assert len(lines) == 1, err
-    command = argv[0] + (f"( {argv[1]})?" if argv[0] in ("eval", "data") else "")
+    command = argv[0] + (f"( {argv[1]})?" if argv[0] in ("eval", "data", "annotate") else "")
     assert re.match(rf"alignkit {command}: error: ", lines[0]), lines[0]
     for name in names:
         assert name in lines[0], lines[0]
@@ -209,6 +213,10 @@ OUTPUTS = [
     ("leaderboard", ("leaderboard", "--battles", "{battles}", "--out", "{target}", "--bootstrap", "5"), "file"),
     ("meta-eval", ("meta-eval", "--pairs", "{pairs}", "--predictions", "{predictions}", "--out", "{target}"), "file"),
     ("report", ("report", "--results", "{results}", "--out", "{target}"), "file"),
+    ("annotate-tasks", ("annotate", "tasks", "--outputs", "{outputs}", "--out", "{target}"), "folder"),
+    ("annotate-export", ("annotate", "export", "--db", "/no/such.db", "--what", "pairs", "--out", "{target}"),
+     "folder"),
+    ("annotate-agreement", ("annotate", "agreement", "--db", "/no/such.db", "--out", "{target}"), "file"),
 ]
 
 

@@ -8,7 +8,8 @@ import pytest
 from alignkit.config import ConfigError
 from alignkit.construction.counts import Counts
 from alignkit.construction.generator import GeneratorConfig, JobConfig
-from alignkit.construction.journal import JOURNAL, Journal, result_config, run_pending, stable_id
+from alignkit.construction.journal import JOURNAL, Journal, result_config, run_pending
+from alignkit.stable_ids import stable_id
 from tests.helpers.crash import Crash
 
 
