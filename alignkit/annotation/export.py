@@ -63,15 +63,21 @@ def _votes_by_item(store: Store) -> tuple[list[TaskItem], dict[str, list[Vote]]]
     return store.items(), by_item
 
 
+def _both_bad(label: str, policy: ExportPolicy, where: str, counts: Counter) -> str | None:
+    """A "both bad" label after its policy: left out (None), read as a tie, or an error."""
+    if label != "both_bad":
+        return label
+    if policy.both_bad == "error":
+        raise DataError(f"{where}: answered 'both bad' (choose both_bad=drop or tie)")
+    if policy.both_bad == "drop":
+        counts["both bad, dropped"] += 1
+        return None
+    return "tie"
+
+
 def _pair_label(label: str, policy: ExportPolicy, where: str, counts: Counter) -> str | None:
     """The label after the tie and both-bad policies; None when it is left out."""
-    if label == "both_bad":
-        if policy.both_bad == "error":
-            raise DataError(f"{where}: answered 'both bad' (choose both_bad=drop or tie)")
-        if policy.both_bad == "drop":
-            counts["both bad, dropped"] += 1
-            return None
-        label = "tie"
+    label = _both_bad(label, policy, where, counts)
     if label == "tie":
         if policy.ties == "error":
             raise DataError(f"{where}: answered 'tie' (choose ties=drop)")
@@ -88,8 +94,8 @@ def majority(labels: Iterable[str]) -> str | None:
     return ranked[0][0]
 
 
-def _pairwise_labels(item: TaskItem, votes: list[Vote], policy: ExportPolicy, counts: Counter) -> list[str]:
-    """The item's labels to export: one per vote, or its majority."""
+def _choices(votes: list[Vote], policy: ExportPolicy, counts: Counter) -> list[str]:
+    """A pairwise item's choices to export: one per vote, or its majority (none when the vote is split)."""
     choices = [vote.answer["choice"] for vote in votes]
     if policy.aggregate == "majority":
         label = majority(choices)
@@ -97,7 +103,13 @@ def _pairwise_labels(item: TaskItem, votes: list[Vote], policy: ExportPolicy, co
             counts["no majority"] += 1
             return []
         choices = [label]
-    return [label for label in (_pair_label(c, policy, f"item {item.id}", counts) for c in choices) if label]
+    return choices
+
+
+def _pairwise_labels(item: TaskItem, votes: list[Vote], policy: ExportPolicy, counts: Counter) -> list[str]:
+    """The item's labels to export after the tie and both-bad policies."""
+    labels = (_pair_label(c, policy, f"item {item.id}", counts) for c in _choices(votes, policy, counts))
+    return [label for label in labels if label]
 
 
 def _item_scores(item: TaskItem, votes: list[Vote], policy: ExportPolicy) -> list[list[float]]:
@@ -163,17 +175,6 @@ def export_rankings(store: Store, policy: ExportPolicy = ExportPolicy()) -> Expo
     return out
 
 
-def _battle_winner(winner: str, policy: ExportPolicy, where: str, counts: Counter) -> str | None:
-    if winner == "both_bad":
-        if policy.both_bad == "error":
-            raise DataError(f"{where}: answered 'both bad' (choose both_bad=drop or tie)")
-        if policy.both_bad == "drop":
-            counts["both bad, dropped"] += 1
-            return None
-        return "tie"
-    return winner
-
-
 def export_battles(store: Store, policy: ExportPolicy = ExportPolicy()) -> Export:
     """Battles for the leaderboard. Ties stay ties here: Bradley-Terry counts a tie as half a win each."""
     items, by_item = _votes_by_item(store)
@@ -187,15 +188,8 @@ def export_battles(store: Store, policy: ExportPolicy = ExportPolicy()) -> Expor
             out.counts["items without model names"] += 1
             continue
         if item.kind == "pairwise":
-            choices = [vote.answer["choice"] for vote in votes]
-            if policy.aggregate == "majority":
-                label = majority(choices)
-                if label is None:
-                    out.counts["no majority"] += 1
-                    continue
-                choices = [label]
-            for choice in choices:
-                winner = _battle_winner({"1": "a", "2": "b"}.get(choice, choice), policy, f"item {item.id}", out.counts)
+            for choice in _choices(votes, policy, out.counts):
+                winner = _both_bad({"1": "a", "2": "b"}.get(choice, choice), policy, f"item {item.id}", out.counts)
                 if winner:
                     out.rows.append({"model_a": models[0], "model_b": models[1], "winner": winner, "item": item.id,
                                      "source": "tasks"})
@@ -210,7 +204,7 @@ def export_battles(store: Store, policy: ExportPolicy = ExportPolicy()) -> Expor
         if battle.winner is None:
             out.counts["arena battles without a vote"] += 1
             continue
-        winner = _battle_winner(battle.winner, policy, f"arena battle {battle.id}", out.counts)
+        winner = _both_bad(battle.winner, policy, f"arena battle {battle.id}", out.counts)
         if winner:
             out.rows.append({"model_a": battle.model_a, "model_b": battle.model_b, "winner": winner,
                              "battle": battle.id, "source": "arena"})
