@@ -1,4 +1,4 @@
-"""The evaluation commands: `eval ifeval|pairwise|grade`, `leaderboard`, `meta-eval`, `report` and
+"""The evaluation commands: `eval ifeval|pairwise|grade|refusal`, `leaderboard`, `meta-eval`, `report` and
 `rm-eval`. Each checks its output path first, so a mistake there costs no model load or judging."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def cmd_eval_ifeval(a) -> None:
         check_output_file(a.out, "--out")  # before any model loads and generates
     result, note = run_ifeval(a.prompts, a.out, responses=a.responses,
                               load_backend=lambda: local_backend(a.model, a.dtype, a.batch_size, a.chat_template),
-                              params=sampling_params(a), limit=a.limit)
+                              params=sampling_params(a), limit=a.limit, rules=a.rules)
     if note:
         print(f"warning: {note}", file=sys.stderr)
     d = result.to_dict()
@@ -46,6 +46,24 @@ def cmd_eval_grade(a) -> None:
                turns=turns, model=a.model_name, limit=a.limit, use_reference=not a.no_reference, report=a.report)
 
 
+def cmd_eval_refusal(a) -> None:
+    from alignkit.evaluation.refusal import run_refusal_eval
+    from alignkit.generation.specs import BackendOptions, build_backend, parse_backend_spec
+    from alignkit.paths import check_output_dir
+
+    check_output_dir(a.out, "--out")  # before the model loads and answers every prompt
+    judge = judge_options(a) if a.judge else None
+
+    def load_backend():
+        if parse_backend_spec(a.model).kind == "local":
+            return local_backend(a.model, a.dtype, a.batch_size, a.chat_template)
+        return build_backend(a.model, BackendOptions(dtype=a.dtype, batch_size=a.batch_size))
+
+    run_refusal_eval(a.out, prompts_path=a.prompts, responses=a.responses, load_backend=load_backend,
+                     params=sampling_params(a), judge=judge, model=a.model_name or (a.model if a.model else None),
+                     limit=a.limit, report=a.report)
+
+
 def cmd_leaderboard(a) -> None:
     from alignkit.evaluation.commands import leaderboard
     from alignkit.paths import check_output_dir
@@ -63,7 +81,7 @@ def cmd_meta_eval(a) -> None:
     strategies = [s for s in a.strategies.split(",") if s.strip()] if a.strategies else []
     judge = judge_options(a) if strategies else None
     run_meta_eval(a.pairs, a.out, judge, strategies=strategies, predictions=a.predictions or (), limit=a.limit,
-                  report=a.report)
+                  report=a.report, agreement=a.agreement, predictions_format=a.predictions_format)
 
 
 def cmd_report(a) -> None:
@@ -88,7 +106,9 @@ def cmd_rm_eval(a) -> None:
 
 
 def add_eval(sub) -> None:
-    """`eval` and its subcommands: ifeval, pairwise, grade."""
+    """`eval` and its subcommands: ifeval, pairwise, grade, refusal."""
+    from alignkit.evaluation.ifeval.text import RULES as IFEVAL_RULES
+
     ev = sub.add_parser("eval", help="evaluate models").add_subparsers(dest="eval_command", required=True)
     p = ev.add_parser("ifeval", help="verifiable instruction following (IFEval prompt set)")
     p.add_argument("--prompts", required=True, help="IFEval input_data.jsonl")
@@ -99,6 +119,9 @@ def add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--out", help="write every number as JSON here")
+    p.add_argument("--rules", default=IFEVAL_RULES[0], choices=IFEVAL_RULES,
+                   help="reference: verdicts exactly as Google's IFEval checker gives them; alignkit: its more "
+                        "forgiving older readings (curly quotes, '***' dividers, ...)")
     add_sampling_args(p)
     p.set_defaults(func=cmd_eval_ifeval)
 
@@ -127,6 +150,26 @@ def add_eval(sub) -> None:
     add_judge_args(p, strategy=False)
     p.set_defaults(func=cmd_eval_grade)
 
+    p = ev.add_parser("refusal", help="refusal rate on prompts that should be refused and over-refusal rate on "
+                                      "risky-looking prompts that should be answered, per category")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="answer the prompts with this model: 'embedded', a folder, "
+                                        "'openai:<model>@<url>'")
+    source.add_argument("--responses", help="JSONL {prompt|instruction, response|output, id?} answering the prompts")
+    p.add_argument("--prompts", help="JSONL {id, category, should_refuse, prompt} (default: the built-in set, "
+                                     "80 prompts)")
+    p.add_argument("--out", default="runs/eval-refusal", help="run folder: results.json, refusals.jsonl")
+    p.add_argument("--model-name", help="default: the --model spec, or the responses' model field or file name")
+    p.add_argument("--limit", type=int, default=0, help="only the first N prompts (0: all)")
+    p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--report", action="store_true", help="also write report.html and report.json")
+    add_sampling_args(p)
+    add_judge_args(p, strategy=False)
+    # Patterns alone unless a judge is named; a refusal shows in the first sentences, so answers stay short.
+    p.set_defaults(func=cmd_eval_refusal, judge=None, max_tokens=128)
+
 
 def add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="Bradley-Terry ratings with bootstrap CIs from battles, or by judging "
@@ -146,10 +189,20 @@ def add_leaderboard(sub) -> None:
 def add_meta_eval(sub) -> None:
     p = sub.add_parser("meta-eval", help="how good is a judge: accuracy on gold-labelled pairs (LLMBar format) per "
                                          "order, positional agreement and failure rate, per strategy and file")
-    p.add_argument("--pairs", nargs="+", required=True, help="LLMBar JSON files (input, output_1, output_2, label)")
+    p.add_argument("--pairs", nargs="+", required=True,
+                   help="LLMBar JSON files (input, output_1, output_2, label 1|2|\"tie\"), each PATH or NAME=PATH; "
+                        "pair ids are <NAME or PATH>-<index> unless the file has ids")
     p.add_argument("--strategies", default=None,
                    help="comma-separated judge strategies, e.g. plain,rules,cot,metrics,reference,swap,rules+metrics")
-    p.add_argument("--predictions", nargs="+", help="verdict files produced elsewhere: JSONL {id, order?, verdict}")
+    p.add_argument("--predictions", nargs="+",
+                   help="verdict files produced elsewhere, each PATH or NAME=PATH: alignkit JSONL {id, order?, verdict} "
+                        "or an LLMBar evaluator's result.json; files of one name are one judge (default name: the "
+                        "file stem, or <model>/<method> for LLMBar)")
+    p.add_argument("--predictions-format", default="auto", choices=["auto", "alignkit", "llmbar"],
+                   help="format of the --predictions files (auto: told from their first record)")
+    p.add_argument("--agreement", default="same-output", choices=["same-output", "llmbar"],
+                   help="positional agreement: both orders chose the same output (same-output), or the two verdicts "
+                        "are equal, two failures included, as LLMBar's tables count it (llmbar)")
     p.add_argument("--limit", type=int, default=0, help="the first N pairs of each file (0: all)")
     p.add_argument("--out", default="runs/meta-eval")
     p.add_argument("--report", action="store_true", help="also write report.html and report.json")

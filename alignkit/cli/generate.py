@@ -23,12 +23,32 @@ def cmd_chat(a) -> None:
 
 
 def cmd_score(a) -> None:
-    from alignkit.paths import check_output_file
+    from alignkit.paths import check_output_dir, check_output_file
 
     check_output_file(a.out, "--out")  # before the model loads and every record is scored
+    if a.length_report:
+        check_output_dir(a.length_report, "--length-report")
     if a.rewards:
         _score_with_rewards(a)
-        return
+    else:
+        _score_with_model(a)
+    if a.length_report:
+        _write_length_report(a)
+
+
+def _write_length_report(a) -> None:
+    from alignkit.evaluation.length_bias import write_length_report
+
+    path, correlations = write_length_report(a.input, a.out, a.length_report)
+    for model, figures in correlations.items():
+        def fmt(value):
+            return "n/a" if value is None else f"{value:+.3f}"
+        print(f"reward vs length, {model}: Pearson {fmt(figures['pearson'])}, Spearman {fmt(figures['spearman'])} "
+              f"over {figures['n']} responses")
+    print(f"length report: {path}")
+
+
+def _score_with_model(a) -> None:
     from alignkit.evaluation.reward_eval import run_score
 
     # The options' defaults are None so that --rewards can tell them apart from options given.
@@ -103,4 +123,7 @@ def add_score(sub) -> None:
     p.add_argument("--max-length", type=int, default=None,
                    help="--model: longer sequences lose their start (default 2048)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16"], help="--model: weights as loaded (default fp32)")
+    p.add_argument("--length-report", metavar="DIR",
+                   help="also write DIR/results.json: reward against response length per model (Pearson, Spearman, "
+                        "a scatter plot) for `alignkit report`")
     p.set_defaults(func=cmd_score)

@@ -21,6 +21,9 @@ def add_judge_args(p: argparse.ArgumentParser, strategy: bool = True) -> None:
         g.add_argument("--allow-tie", action="store_true", help="offer the judge 'Verdict: tie'")
         g.add_argument("--use-logprobs", action="store_true",
                        help="read the verdict from the judge's top log-probabilities (verdict-only strategies)")
+    g.add_argument("--verdict-pattern", default=None,
+                   help="for a judge that answers in its own format: a regex whose one group is the answer, e.g. "
+                        "'Output \\((a|b)\\) is better' (default: the 'Verdict: A' line)")
     g.add_argument("--judge-max-tokens", type=int, default=None,
                    help="cap on each judge reply (default 32 for verdict-only replies, 512 with cot/swap and grading)")
     g.add_argument("--aux-max-tokens", type=int, default=256, help="cap on generated metrics / reference answers")
@@ -43,6 +46,10 @@ def judge_options(a):
     from alignkit.evaluation.commands import JudgeOptions
     from alignkit.paths import check_output_file
 
+    if a.verdict_pattern is not None:
+        from alignkit.judges.verdicts import compile_verdict_pattern
+
+        compile_verdict_pattern(a.verdict_pattern)  # a bad one stops here, before the judge loads
     if a.cache:
         check_output_file(a.cache, "--cache")  # an SQLite file: a folder there would fail after the judge loads
     backend = BackendOptions(base_url=a.judge_base_url, api_key_env=a.judge_api_key_env,
@@ -52,5 +59,6 @@ def judge_options(a):
                         aux_max_tokens=a.aux_max_tokens, temperature=a.judge_temperature, seed=a.judge_seed,
                         both_orders=not getattr(a, "single_order", False), allow_tie=getattr(a, "allow_tie", False),
                         parse_retries=a.parse_retries, use_logprobs=getattr(a, "use_logprobs", False),
+                        verdict_pattern=a.verdict_pattern,
                         batch_size=a.judge_batch_size, cache=a.cache, progress=not a.no_progress, backend=backend)
 

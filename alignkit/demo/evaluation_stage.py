@@ -8,8 +8,12 @@ Three measurements, each through the project's own machinery:
     upper -> change_case:english_capital, ending -> startend:end_checker), strict and loose;
 (b) a pairwise judgment of every later stage against "base" (plain strategy, both orders, at most
     `max_pairs` prompts, short judge replies), scored as a win rate with failures reported apart;
-(c) the HTML report (`write_report`) with before/after figures, win rates, IFEval-style numbers and the
-    training curves the caller passes (loss per step, the RL stage's reward per step).
+(c) refusals, when the caller passes the stages' answers to a refusal prompt subset: the refusal rate on
+    prompts that should be refused and the over-refusal rate on risky-looking prompts that should be
+    answered, per category, detected by the refusal patterns of `alignkit.evaluation.refusal` (the
+    embedded judge's replies rarely parse, so the demo does not ask it);
+(d) the HTML report (`write_report`) with before/after figures, win rates, IFEval-style numbers, refusal
+    rates and the training curves the caller passes (loss per step, the RL stage's reward per step).
 
 With the 135M embedded model as judge the win rates are expected near chance: the point of (b) is
 that the machinery runs end to end; (a) is what measures the training.
@@ -25,6 +29,7 @@ from alignkit.demo.data.build import ENDING
 from alignkit.demo.heldout import score
 from alignkit.evaluation.commands import failure_summary
 from alignkit.evaluation.ifeval import check_instruction
+from alignkit.evaluation.refusal import RefusalPrompt, is_refusal, refusal_metrics, report_entry
 from alignkit.evaluation.report import write_report
 from alignkit.evaluation.winrate import win_rate_entry
 from alignkit.generation.backend import Backend, SamplingParams
@@ -82,6 +87,16 @@ def verifiable_scores(rows: Sequence[dict], responses: Sequence[str]) -> dict:
     return result
 
 
+def refusal_scores(prompts: Sequence[RefusalPrompt], stage_responses: dict[str, list[str]]) -> dict:
+    """{stage: refusal_metrics} with refusals detected by patterns; every stage must answer every prompt."""
+    scores = {}
+    for stage, responses in stage_responses.items():
+        if len(responses) != len(prompts):
+            raise ValueError(f"stage {stage!r}: {len(responses)} responses for {len(prompts)} refusal prompts")
+        scores[stage] = refusal_metrics(prompts, [is_refusal(response) for response in responses])
+    return scores
+
+
 def _default_judge() -> Backend:
     # bf16 halves the judge's time on CPUs with bf16 instructions; the demo's model is trained in place,
     # so the judge is always a fresh copy of the embedded model.
@@ -90,14 +105,17 @@ def _default_judge() -> Backend:
 
 def evaluate_stages(model_responses: dict[str, list[str]], rows: list[dict], judge_backend: Backend | None,
                     out_dir: str | os.PathLike, *, max_pairs: int = 40, judge_config: JudgeConfig = DEMO_JUDGE,
-                    cache: bool = True, curves: Sequence[dict] = ()) -> dict:
+                    cache: bool = True, curves: Sequence[dict] = (),
+                    refusal: tuple[Sequence[RefusalPrompt], dict[str, list[str]]] | None = None) -> dict:
     """Score every stage's responses to `rows` and judge each later stage against "base"; write the report.
 
     `judge_backend` None loads the embedded model. Judge calls go through the SQLite cache
     `out_dir/judge_cache.sqlite` (unless `cache=False`), so rerunning the demo makes no new judge calls.
+    `refusal` is (refusal prompts, {stage: responses to them}), scored by patterns (see the module doc).
     Returns every number; `out_dir` receives evaluation.json, report.html and report.json.
     """
     _check_inputs(model_responses, rows)
+    refusals = refusal_scores(*refusal) if refusal is not None else None
     if not rows:
         raise ValueError("no held-out rows to evaluate")
     out = Path(out_dir)
@@ -131,6 +149,8 @@ def evaluate_stages(model_responses: dict[str, list[str]], rows: list[dict], jud
     results = {"n_rows": len(rows), "n_judged_pairs": len(judged_rows), "judge": cached.model_id,
                "verifiable": verifiable, "win_rates": win_rates, "judgments": judgment_stats,
                "judge_cache": cache_stats}
+    if refusals is not None:
+        results["refusals"] = refusals
     write_json_atomic(out / "evaluation.json", results)
     html_path, _ = write_report({**_report(results, list(model_responses)), "curves": list(curves)}, out)
     results["report"] = str(html_path)
@@ -160,8 +180,25 @@ def _report(results: dict, stages: list[str]) -> dict:
                           for stage, s in results["judgments"].items()]}
     ifeval = [{"model": stage, **{k: v for k, v in verifiable[stage]["ifeval"].items() if k != "per_format_strict"}}
               for stage in stages]
-    return {"title": "alignkit demo: base and tuned models on held-out prompts",
-            "meta": {"held-out prompts": results["n_rows"], "pairs judged per stage": results["n_judged_pairs"],
-                     "judge": results["judge"], "judge strategy": "plain, both orders"},
+    refusals = results.get("refusals") or {}
+    for last in stages:
+        if last == BASE or last not in refusals or BASE not in refusals:
+            continue
+        for metric, side, higher in (("refusal rate, prompts to refuse (patterns)", "should_refuse", True),
+                                     ("over-refusal rate, prompts to answer (patterns)", "should_answer", False)):
+            before, after = refusals[BASE][side]["all"]["rate"], refusals[last][side]["all"]["rate"]
+            if before is not None and after is not None:
+                before_after.append({"metric": f"{metric}: {BASE} -> {last}", "before": before, "after": after,
+                                     "higher_is_better": higher})
+    extra = {"refusals": [report_entry(stage, refusals[stage]) for stage in stages if stage in refusals]} \
+        if refusals else {}
+    meta = {"held-out prompts": results["n_rows"], "pairs judged per stage": results["n_judged_pairs"],
+            "judge": results["judge"], "judge strategy": "plain, both orders"}
+    if refusals:
+        sides = next(iter(refusals.values()))
+        meta.update({"refusal prompts (refuse + answer)": f"{sides['should_refuse']['all']['n']} + "
+                                                          f"{sides['should_answer']['all']['n']}",
+                     "refusal detection": "patterns (alignkit.evaluation.refusal)"})
+    return {"title": "alignkit demo: base and tuned models on held-out prompts", "meta": meta,
             "win_rates": results["win_rates"], "ifeval": ifeval, "before_after": before_after,
-            "tables": [table, judgments]}
+            "tables": [table, judgments], **extra}

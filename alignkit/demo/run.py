@@ -8,7 +8,9 @@ SFT is kept short on purpose: the behaviour is easy, and a long SFT leaves nothi
 stages to improve. The two preference stages start from the same SFT model, so they compare side by
 side: DPO learns from fixed pairs, GRPO from its own samples scored by the format check (the same
 check the held-out figure uses, on prompts it never sees there). The evaluation stage adds pairwise
-judgments through the judge machinery and an HTML report with the training curves.
+judgments through the judge machinery and an HTML report with the training curves. Each stage also
+answers a small balanced subset of the refusal prompt set (`alignkit eval refusal`), so the report
+shows how training on format data moves the refusal and over-refusal rates.
 """
 from __future__ import annotations
 
@@ -37,13 +39,16 @@ class DemoConfig:
     max_new_tokens: int = 48
     heldout_limit: int = 0
     judge_pairs: int = 24  # held-out prompts judged pairwise per stage (both orders)
+    # refusal prompts answered per stage on each side (to refuse / to answer), round-robin over categories;
+    # 12 + 12 short answers keep the four stages' share of the demo near a minute on two cores
+    refusal_per_side: int = 12
 
     def validate(self, where: str = "") -> None:
         from alignkit.config import require_number
 
         for key in ("sft_steps", "dpo_steps", "batch_size", "max_new_tokens", "grpo_prompts", "grpo_group"):
             require_number(where, key, getattr(self, key), low=1, whole=True)
-        for key in ("heldout_limit", "judge_pairs", "grpo_steps"):
+        for key in ("heldout_limit", "judge_pairs", "grpo_steps", "refusal_per_side"):
             require_number(where, key, getattr(self, key), low=0, whole=True)
         for key in ("lr", "dpo_lr", "dpo_beta", "grpo_lr"):
             require_number(where, key, getattr(self, key), low=0, low_open=True)
@@ -64,6 +69,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.config import validate_config
     from alignkit.data.readers import DataSpec
     from alignkit.demo.evaluation_stage import evaluate_stages
+    from alignkit.evaluation.refusal import balanced_subset, load_refusal_prompts
     from alignkit.models.config import ModelConfig
     from alignkit.models.loading import load_model
     from alignkit.rewards.spec import RewardSpec
@@ -78,9 +84,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     model, tok = load_model(cfg.model)
     rows = load_heldout(cfg.heldout_limit)
+    refusal_prompts = balanced_subset(load_refusal_prompts(), cfg.refusal_per_side)
+    refusal_rows = [{"messages": [{"role": "user", "content": p.prompt}]} for p in refusal_prompts]
     responses: dict[str, list[str]] = {}
-    print(f"[demo] {len(rows)} held-out prompts; answering with the base model", flush=True)
-    responses["base"] = answer(model, tok, rows, cfg.max_new_tokens, "base")
+    refusal_responses: dict[str, list[str]] = {}
+
+    def answer_all(stage: str, desc: str) -> None:
+        responses[stage] = answer(model, tok, rows, cfg.max_new_tokens, desc)
+        if refusal_rows:
+            refusal_responses[stage] = answer(model, tok, refusal_rows, cfg.max_new_tokens, f"{desc}, refusal set")
+
+    print(f"[demo] {len(rows)} held-out prompts and {len(refusal_rows)} refusal prompts; answering with the base "
+          "model", flush=True)
+    answer_all("base", "base")
 
     print(f"[demo] SFT: {cfg.sft_steps} steps on {DEMO_DATA / 'sft_train.jsonl'}", flush=True)
     sft = run_sft(SFTConfig(
@@ -89,7 +105,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "sft"), max_steps=cfg.sft_steps,
                           batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=10, precision="auto",
                           resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
-    responses["sft"] = answer(model, tok, rows, cfg.max_new_tokens, "after SFT")
+    answer_all("sft", "after SFT")
 
     print(f"[demo] DPO: {cfg.dpo_steps} steps on {DEMO_DATA / 'pref_train.jsonl'}", flush=True)
     dpo = run_pref(PrefConfig(
@@ -100,7 +116,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         train=TrainConfig(output_dir=os.path.join(cfg.out_dir, "dpo"), max_steps=cfg.dpo_steps,
                           batch_size=cfg.batch_size, lr=cfg.dpo_lr, warmup_steps=5, precision="auto",
                           resume="none", if_exists="overwrite", seed=0)), model=model, tokenizer=tok)
-    responses["dpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after DPO")
+    answer_all("dpo", "after DPO")
     trained = {"sft": sft, "dpo": dpo}
 
     if cfg.grpo_steps:
@@ -119,18 +135,24 @@ def run_demo(cfg: DemoConfig) -> dict:
                               lr=cfg.grpo_lr, warmup_steps=0, precision="bf16", resume="none",
                               if_exists="overwrite", seed=0),
             samples_per_step=2), model=model, tokenizer=tok)
-        responses["grpo"] = answer(model, tok, rows, cfg.max_new_tokens, "after GRPO")
+        answer_all("grpo", "after GRPO")
 
     results = {stage: score(rows, resp) for stage, resp in responses.items()}
     results["training"] = {name: _summary(r) for name, r in trained.items()}
     write_jsonl_atomic(os.path.join(cfg.out_dir, "responses.jsonl"),
                        ({"prompt": row["messages"][0]["content"], "format": row["format"],
                          **{stage: resp[i] for stage, resp in responses.items()}} for i, row in enumerate(rows)))
+    if refusal_rows:
+        write_jsonl_atomic(os.path.join(cfg.out_dir, "refusal_responses.jsonl"),
+                           ({"id": p.id, "category": p.category, "should_refuse": p.should_refuse, "prompt": p.prompt,
+                             **{stage: resp[i] for stage, resp in refusal_responses.items()}}
+                            for i, p in enumerate(refusal_prompts)))
 
     print("[demo] evaluation: verifiable checks, pairwise judgments against the base model, HTML report", flush=True)
     # the judge is the embedded model itself: near chance at 135M, but it exercises the whole machinery
     results["evaluation"] = evaluate_stages(responses, rows, None, os.path.join(cfg.out_dir, "evaluation"),
-                                            max_pairs=cfg.judge_pairs, curves=training_curves(trained))
+                                            max_pairs=cfg.judge_pairs, curves=training_curves(trained),
+                                            refusal=(refusal_prompts, refusal_responses) if refusal_rows else None)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(os.path.join(cfg.out_dir, "results.json"), results, allow_nan=True)
     _print_table(results)
@@ -175,6 +197,15 @@ def _print_table(results: dict) -> None:
         reward = f", sampled reward {t['first_reward']:.2f} -> {t['final_reward']:.2f}" if "first_reward" in t else ""
         print(f"[demo] {name}: {t['steps']} steps, loss {t['first_loss']:.3f} -> {t['final_loss']:.3f}{reward}, "
               f"{t['tokens_per_s']:.0f} tok/s")
+    refusals = results.get("evaluation", {}).get("refusals")
+    if refusals:
+        print("\n[demo] refusal prompts detected as refused (patterns): should refuse (higher is better), "
+              "should answer (lower is better)")
+        print(f"{'stage':<8}{'refuse':>12}{'answer':>12}")
+        for s in stages:
+            if s in refusals:
+                cells = [refusals[s][side]["all"] for side in ("should_refuse", "should_answer")]
+                print(f"{s:<8}" + "".join(f"{c['rate']:>6.2f} {c['n_refused']:>2}/{c['n_scored']:<2}" for c in cells))
     report = results.get("evaluation", {}).get("report")
     if report:
         print(f"[demo] report: {report}")

@@ -18,7 +18,7 @@ from typing import Sequence
 from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
 from alignkit.data.errors import DataError
 from alignkit.data.readers import read_text
-from alignkit.evaluation import grading, leaderboard as bt, meta_eval, winrate
+from alignkit.evaluation import grading, importers, leaderboard as bt, meta_eval, winrate
 from alignkit.evaluation.report import write_report
 from alignkit.evaluation.run_files import load_outputs, match_by_key, merge_sections, model_name, results_document
 from alignkit.generation.backend import SamplingParams
@@ -47,6 +47,7 @@ class JudgeOptions:
     allow_tie: bool = False
     parse_retries: int = 0
     use_logprobs: bool = False
+    verdict_pattern: str | None = None  # a judge's own verdict format (JudgeConfig.verdict_pattern)
     batch_size: int = 16  # judge prompts per backend call
     cache: str | None = None  # None: <out_dir>/judge_cache.sqlite
     progress: bool = True
@@ -60,7 +61,8 @@ class JudgeOptions:
         aux = SamplingParams(max_tokens=self.aux_max_tokens, temperature=self.temperature, seed=self.seed)
         return JudgeConfig(strategy=name, params=params, aux_params=aux, both_orders=self.both_orders,
                            allow_tie=self.allow_tie, max_parse_retries=self.parse_retries,
-                           use_logprobs=self.use_logprobs, batch_size=self.batch_size)
+                           use_logprobs=self.use_logprobs, batch_size=self.batch_size,
+                           verdict_pattern=self.verdict_pattern)
 
     def grading_config(self, use_reference: bool = True) -> grading.GradingConfig:
         params = SamplingParams(max_tokens=self.max_tokens or 512, temperature=self.temperature, seed=self.seed)
@@ -112,8 +114,10 @@ def _all_failed(n_judged: int, n_ok: int) -> int | None:
     return n_judged if n_judged and not n_ok else None
 
 
-def _finish(command: str, out_dir: Path, backend, meta: dict, sections: dict, details: dict, *,
-            all_failed: int | None, report: bool, title: str) -> dict:
+def finish_run(command: str, out_dir: Path, backend, meta: dict, sections: dict, details: dict, *,
+               all_failed: int | None, report: bool, title: str) -> dict:
+    """The end of every judging command: the judge's cache figures into meta, results.json (and the report)
+    written, and AllJudgmentsFailed raised after writing when no judgment could be read."""
     stats = backend_stats(backend) if backend is not None else {}
     if "cache" in stats:
         meta.update(judge=stats["model_id"], judge_cache_hits=stats["cache"]["hits"],
@@ -133,7 +137,8 @@ def _finish(command: str, out_dir: Path, backend, meta: dict, sections: dict, de
     return document
 
 
-def _closing(backend) -> None:
+def close_backend(backend) -> None:
+    """Closes a judge backend and the backend it wraps (a cache around a model or HTTP client)."""
     backend.close()
     inner = getattr(backend, "backend", None)
     if hasattr(inner, "close"):
@@ -172,7 +177,7 @@ def eval_pairwise(outputs: str, reference: str, out_dir: str, judge: JudgeOption
         judged = judge_pairs(backend, [PairItem(mine.prompt, mine.response, theirs.response) for mine, theirs in pairs],
                              config)
     finally:
-        _closing(backend)
+        close_backend(backend)
 
     per_order: dict[str, list[dict]] = {order: [] for order in config.orders}
     battles, failures = [], []
@@ -210,7 +215,7 @@ def eval_pairwise(outputs: str, reference: str, out_dir: str, judge: JudgeOption
     print(f"  judgments: {failure_stats['n_parse_failures']} unparseable ({_fmt(failure_stats['parse_failure_rate'])}), "
           f"{failure_stats['n_backend_errors']} backend errors ({_fmt(failure_stats['backend_error_rate'])}) "
           f"of {failure_stats['n_judgments']}")
-    return _finish("eval pairwise", out, backend, meta, {"win_rates": [entry], "tables": [table]}, details,
+    return finish_run("eval pairwise", out, backend, meta, {"win_rates": [entry], "tables": [table]}, details,
                    all_failed=_all_failed(len(failures), len(failures) - failure_stats["n_failed"]), report=report,
                    title=f"Pairwise evaluation: {model} vs {reference_model}")
 
@@ -263,7 +268,7 @@ def eval_grade(out_dir: str, judge: JudgeOptions = JudgeOptions(), *, questions:
             result = grading.grade_single(backend, question_list, answer_map, config, turns)
             item_lengths = [len(answer_map[item.id][item.turn - 1]) for item in result.items]
     finally:
-        _closing(backend)
+        close_backend(backend)
 
     mode = "rubric" if result.scale == RUBRIC_SCALE else "single"
     write_jsonl_atomic(str(out / "grades.jsonl"),
@@ -293,7 +298,7 @@ def eval_grade(out_dir: str, judge: JudgeOptions = JudgeOptions(), *, questions:
         print(f"{name:<16}{_fmt(summary.mean, 2):>7}{summary.n - summary.n_failed:>8}{summary.n_failed:>8}")
     for turn, summary in result.per_turn.items():
         print(f"turn {turn:<11}{_fmt(summary.mean, 2):>7}{summary.n - summary.n_failed:>8}{summary.n_failed:>8}")
-    return _finish("eval grade", out, backend, meta, sections, details,
+    return finish_run("eval grade", out, backend, meta, sections, details,
                    all_failed=_all_failed(result.overall.n, result.overall.n - result.overall.n_failed), report=report,
                    title=f"Grading: {model}")
 
@@ -361,7 +366,7 @@ def leaderboard(out_dir: str, *, battles: str | None = None, outputs: Sequence[s
                 judged_pairs[f"{names[first]} vs {names[second]}"] = failure_summary(pair_failures)
                 failures += pair_failures
         finally:
-            _closing(backend)
+            close_backend(backend)
         write_jsonl_atomic(str(out / "judgments.jsonl"), lines)
         write_jsonl_atomic(str(out / "battles.jsonl"), [vars(b) for b in battle_list])
     if not battle_list and failures:
@@ -383,7 +388,7 @@ def leaderboard(out_dir: str, *, battles: str | None = None, outputs: Sequence[s
         print(f"judgments: {summary['n_failed']} of {summary['n_judgments']} failed "
               f"({summary['n_parse_failures']} unparseable, {summary['n_backend_errors']} backend errors) "
               "and are not battles")
-    return _finish("leaderboard", out, backend, meta, sections, details,
+    return finish_run("leaderboard", out, backend, meta, sections, details,
                    all_failed=_all_failed(len(failures), len(battle_list)), report=report, title="Leaderboard")
 
 
@@ -399,32 +404,50 @@ def _limit_per_source(pairs: list[meta_eval.LabelledPair], limit: int) -> list[m
     return kept
 
 
+def _named(arguments: Sequence[str]) -> list[tuple[str | None, str]]:
+    return [meta_eval.split_name(argument) for argument in arguments]
+
+
 def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None = JudgeOptions(), *,
                   strategies: Sequence[str] = ("plain",), predictions: Sequence[str] = (), limit: int = 0,
-                  report: bool = False) -> dict:
+                  report: bool = False, agreement: str = "same-output", predictions_format: str = "auto") -> dict:
     """Accuracy of a judge against gold-labelled pairs (LLMBar format), per strategy and per file.
 
-    `limit` keeps the first N pairs of each file. `predictions` are verdict files produced elsewhere,
-    scored the same way (named by file stem); an id that is in no pairs file is an error.
+    `pairs` and `predictions` are paths or NAME=PATH. A pairs file is named by NAME or else by its path
+    (`meta_eval`); `limit` keeps the first N pairs of each file. `predictions` are verdict files produced
+    elsewhere, alignkit's or another tool's (`importers`, format detected unless `predictions_format`
+    names it), scored the same way; a judge is named by NAME or else by `importers.judge_name`, and files
+    of one name are one judge (e.g. an LLMBar evaluator's Natural and Neighbor result.json). An id that
+    is in no pairs file is an error. `agreement`: "same-output" or "llmbar" (see `meta_eval`).
     """
+    if agreement not in meta_eval.AGREEMENTS:
+        raise ValueError(f"--agreement must be one of {', '.join(meta_eval.AGREEMENTS)}, got {agreement!r}")
+    if predictions_format != "auto" and predictions_format not in importers.FORMATS:
+        raise ValueError(f"--predictions-format must be auto or one of {', '.join(importers.FORMATS)}, "
+                         f"got {predictions_format!r}")
     out = Path(out_dir)
-    all_pairs = meta_eval.load_llmbar(list(pairs))
+    all_pairs = meta_eval.load_llmbar([(name, path) if name else path for name, path in _named(pairs)])
     kept = _limit_per_source(all_pairs, limit)
     names = [Strategy.parse(s).name for s in strategies] if judge is not None else []
-    prediction_names = [Path(p).stem for p in predictions]
-    if len(set(names + prediction_names)) < len(names) + len(prediction_names):
-        raise ValueError(f"two judges share a name: strategies {names}, prediction files {prediction_names}")
-    if not names and not predictions:
+    files: dict[str, list[str]] = {}  # judge name -> its predictions files
+    formats = {}
+    for given, path in _named(predictions):
+        formats[path] = importers.detect_format(path) if predictions_format == "auto" else predictions_format
+        files.setdefault(given or importers.judge_name(path, formats[path]), []).append(path)
+    if set(names) & set(files):
+        raise ValueError(f"a judge strategy and a predictions file share a name: {sorted(set(names) & set(files))}; "
+                         "name the file with NAME=PATH")
+    if not names and not files:
         raise ValueError("meta-eval needs --strategies (with a judge) or --predictions")
     # Verdict files are scored first, so a bad one stops the run before any judge call is spent.
     scored_files, beyond_limit = {}, {}
     kept_ids, all_ids = {pair.id for pair in kept}, {pair.id for pair in all_pairs}
-    for path, name in zip(predictions, prediction_names):
-        loaded = meta_eval.load_predictions(path)
+    for name, paths in files.items():
+        loaded = [p for path in paths for p in importers.load_predictions_file(path, all_pairs, formats[path])]
         # Predictions for pairs cut by --limit are known ids, left out and counted; unknown ids still raise.
         usable = [p for p in loaded if p.id in kept_ids or p.id not in all_ids]
         beyond_limit[name] = len(loaded) - len(usable)
-        scored_files[name] = meta_eval.evaluate_predictions(kept, usable, name)
+        scored_files[name] = meta_eval.evaluate_predictions(kept, usable, name, agreement)
     results: dict[str, meta_eval.JudgeAccuracy] = {}
     failures: dict[str, dict] = {}
     backend = None
@@ -433,7 +456,7 @@ def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None
         backend = judge.open(out, "judging LLMBar pairs")
         try:
             for name, config in configs.items():
-                scored = meta_eval.evaluate_judge(backend, kept, [name], config)
+                scored = meta_eval.evaluate_judge(backend, kept, [name], config, agreement)
                 results[name] = scored.results[name]
                 judged = scored.judgments[name]
                 failures[name] = failure_summary([r.failure if r.verdict is None else None
@@ -444,7 +467,7 @@ def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None
                                                    {"a": 1, "b": 2, "tie": "tie", None: None})
                                     for pair, j in zip(kept, judged)])
         finally:
-            _closing(backend)
+            close_backend(backend)
     results.update(scored_files)
 
     rows = []
@@ -452,33 +475,44 @@ def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None
         rows.append(result.report_row("all"))
         rows.extend(by_source.report_row(source) for source, by_source in result.per_source.items())
     meta = {"command": "meta-eval", "pairs_files": ", ".join(str(p) for p in pairs), "n_pairs": len(kept),
-            "limit_per_file": limit or None, "judges": ", ".join(results)}
+            "limit_per_file": limit or None, "judges": ", ".join(results), "agreement": agreement}
     if judge is not None and names:
         meta["judge_max_tokens"] = judge.max_tokens or "32 (verdict only) / 512 (cot, swap)"
     details = {"results": {name: result.to_dict() for name, result in results.items()}, "failures": failures,
+               "predictions_files": {name: [f"{path} ({formats[path]})" for path in paths]
+                                     for name, paths in files.items()},
                "predictions_beyond_limit": beyond_limit}
-    _print_meta_eval(rows, failures)
+    _print_meta_eval(rows, failures, agreement)
     for name, count in beyond_limit.items():
         if count:
             print(f"{name}: {count} predictions for pairs beyond --limit {limit} were not scored")
     judged_total = sum(f["n_judgments"] for f in failures.values())
     judged_ok = judged_total - sum(f["n_failed"] for f in failures.values())
     # Verdict files still give a comparison when every judgment of this run failed.
-    return _finish("meta-eval", out, backend, meta, {"strategy_comparison": rows}, details,
+    return finish_run("meta-eval", out, backend, meta, {"strategy_comparison": rows}, details,
                    all_failed=None if predictions else _all_failed(judged_total, judged_ok), report=report,
                    title="Judge meta-evaluation")
 
 
-def _print_meta_eval(rows: list[dict], failures: dict[str, dict]) -> None:
-    print(f"{'judge':<24}{'dataset':<22}{'n':>5}{'acc ab':>8}{'acc ba':>8}{'mean':>7}{'agree':>7}{'fail':>7}"
-          f"{'errors':>8}")
+def _fit(text: str, width: int) -> str:
+    """`text` in at most `width` - 1 characters, keeping its end (a file name ends a path)."""
+    return text if len(text) < width else "..." + text[-(width - 4):]
+
+
+def _print_meta_eval(rows: list[dict], failures: dict[str, dict], agreement: str = "same-output") -> None:
+    print(f"{'judge':<24}{'dataset':<32}{'n':>5}{'acc ab':>8}{'acc ba':>8}{'mean':>7}{'both':>7}{'agree':>7}"
+          f"{'kappa':>7}{'fail':>7}{'errors':>8}")
     for row in rows:
         accuracy = row["accuracy_by_order"]
         errors = failures.get(row["strategy"], {}).get("n_backend_errors") if row["dataset"] == "all" else None
-        print(f"{row['strategy']:<24}{row['dataset']:<22}{row['n_items']:>5}{_fmt(accuracy.get('ab')):>8}"
-              f"{_fmt(accuracy.get('ba')):>8}{_fmt(row['mean_accuracy']):>7}{_fmt(row['positional_agreement']):>7}"
+        print(f"{_fit(row['strategy'], 24):<24}{_fit(row['dataset'], 32):<32}{row['n_items']:>5}"
+              f"{_fmt(accuracy.get('ab')):>8}{_fmt(accuracy.get('ba')):>8}{_fmt(row['mean_accuracy']):>7}"
+              f"{_fmt(row['both_correct']):>7}{_fmt(row['positional_agreement']):>7}{_fmt(row['kappa']):>7}"
               f"{_fmt(row['parse_failure_rate']):>7}{'' if errors is None else errors:>8}")
     print("fail = failed judgments / (pairs x orders), backend errors included; a failure counts as wrong")
+    print("both = right in both orders; kappa = Cohen's kappa of verdicts (failures a category) vs gold, mean of "
+          "orders; agree = " + ("both orders chose the same output" if agreement == "same-output"
+                                else "both verdicts equal, two failures included (LLMBar's 'equal')"))
 
 
 # ----------------------------------------------------------------------------- report and serve

@@ -31,6 +31,13 @@ entry are kept in the JSON file but not drawn.
          "n_items": int?}]
     "ifeval": [{"model": str, "prompt_strict": rate, "prompt_loose": rate,
                 "instruction_strict": rate, "instruction_loose": rate, "n_prompts": int?}]
+    "refusals": [                                         evaluation.refusal.report_entry(...), one per model
+        {"model": str, "detector": str?, "refusal_rate": rate | null, "refusal_ci_low": rate?,
+         "refusal_ci_high": rate?, "n_should_refuse": int, "refused": int, "failed_should_refuse": int?,
+         "over_refusal_rate": rate | null, "over_refusal_ci_low": rate?, "over_refusal_ci_high": rate?,
+         "n_should_answer": int, "over_refused": int, "failed_should_answer": int?,
+         "per_category": [{"category": str, ...the same fields but model and detector}]?}]
+        n_* count prompts; a rate is refused / (n - failed): failed detections are left out of it.
     "before_after": [{"metric": str, "before": number, "after": number, "higher_is_better": bool?}]
     "curves": [                                           one line chart per entry (e.g. reward per step)
         {"title": str, "x_label": str, "y_label": str,
@@ -58,7 +65,7 @@ from alignkit.evaluation.report_charts import (PALETTE, Mark, Row, esc, heat_mat
                                                html_table, line_chart, num, pct, scatter)
 
 SECTIONS = ("win_rates", "leaderboard", "score_distributions", "score_vs_length", "strategy_comparison",
-            "ifeval", "before_after", "curves", "agreement", "tables")
+            "ifeval", "refusals", "before_after", "curves", "agreement", "tables")
 TOP_LEVEL = ("title", "meta") + SECTIONS
 FORMAT_VERSION = 1
 # Levels of measurement of agreement figures (annotation.agreement computes them).
@@ -183,6 +190,8 @@ def _validate(results: dict[str, Any]) -> None:
             _check_fields({order: accuracy}, {order: "rate"}, f"{where}['accuracy_by_order']")
     for i, entry in enumerate(_check_list(results.get("ifeval", []), "results['ifeval']")):
         _check_fields(entry, _IFEVAL_FIELDS, f"results['ifeval'][{i}]")
+    for i, entry in enumerate(_check_list(results.get("refusals", []), "results['refusals']")):
+        _validate_refusals(entry, f"results['refusals'][{i}]")
     for i, entry in enumerate(_check_list(results.get("before_after", []), "results['before_after']")):
         _check_fields(entry, {"metric": "str", "before": "number", "after": "number", "higher_is_better": "bool?"},
                       f"results['before_after'][{i}]")
@@ -252,6 +261,28 @@ def _validate_agreement(entry: Any, where: str) -> None:
     for field, kind in (("with_majority", "rate|null"), ("with_majority_items", "int")):
         for name, value in (entry.get(field) or {}).items():
             _check_fields({name: value}, {name: kind}, f"{where}['{field}']")
+
+
+_REFUSAL_FIELDS = {
+    "refusal_rate": "rate|null", "refusal_ci_low": "rate?", "refusal_ci_high": "rate?", "n_should_refuse": "int",
+    "refused": "int", "failed_should_refuse": "int?", "over_refusal_rate": "rate|null", "over_refusal_ci_low": "rate?",
+    "over_refusal_ci_high": "rate?", "n_should_answer": "int", "over_refused": "int", "failed_should_answer": "int?",
+}
+
+
+def _validate_refusals(entry: Any, where: str) -> None:
+    _check_fields(entry, {"model": "str", "detector": "str?", **_REFUSAL_FIELDS, "per_category": "list?"}, where)
+    rows = [(where, entry)] + [(f"{where}['per_category'][{i}]", row)
+                               for i, row in enumerate(entry.get("per_category") or [])]
+    for at, row in rows[1:]:
+        _check_fields(row, {"category": "str", **_REFUSAL_FIELDS}, at)
+    for at, row in rows:
+        # counts that cannot add up mean the rates were computed from something else
+        for count, failed, total in (("refused", "failed_should_refuse", "n_should_refuse"),
+                                     ("over_refused", "failed_should_answer", "n_should_answer")):
+            if row[count] + (row.get(failed) or 0) > row[total]:
+                raise ReportError(f"{at}: '{count}' ({row[count]}) plus '{failed}' ({row.get(failed) or 0}) "
+                                  f"exceed '{total}' ({row[total]})")
 
 
 def _validate_scatter(section: Any) -> None:
@@ -421,6 +452,42 @@ def _ifeval_section(entries: list[dict[str, Any]]) -> str:
     return _section("ifeval", "IFEval", chart + table)
 
 
+def _refusals_section(entries: list[dict[str, Any]]) -> str:
+    def label(e: dict[str, Any]) -> str:
+        return e["model"] + (f" · {e['detector']}" if e.get("detector") else "")
+
+    rows = [Row(label(e), [Mark(0, e["refusal_rate"], e.get("refusal_ci_low"), e.get("refusal_ci_high"),
+                                pct(e["refusal_rate"])),
+                           Mark(1, e["over_refusal_rate"], e.get("over_refusal_ci_low"), e.get("over_refusal_ci_high"),
+                                pct(e["over_refusal_rate"]))]) for e in entries]
+    chart = horizontal_chart(rows, ["refusal rate (↑ better)", "over-refusal rate (↓ better)"], domain=(0.0, 1.0),
+                             css_class="refusals", tick_format=lambda t: f"{100 * t:.0f}%",
+                             label="refusal and over-refusal rates with 95% intervals")
+
+    def cell(rate: float | None, refused: int, n: int, failed: int | None) -> str:
+        if not n:
+            return "—"
+        return f"{pct(rate)} ({refused}/{n - (failed or 0)})" + (f", {failed} failed" if failed else "")
+
+    categories = list(dict.fromkeys(r["category"] for e in entries for r in e.get("per_category") or []))
+    by_category = [{r["category"]: r for r in e.get("per_category") or []} for e in entries]
+    body = []
+    for name in ["all", *categories]:
+        cells = [esc(name)]
+        for e, rows_of in zip(entries, by_category):
+            r = e if name == "all" else rows_of.get(name)
+            cells += ["—", "—"] if r is None else [
+                cell(r["refusal_rate"], r["refused"], r["n_should_refuse"], r.get("failed_should_refuse")),
+                cell(r["over_refusal_rate"], r["over_refused"], r["n_should_answer"], r.get("failed_should_answer"))]
+        body.append(cells)
+    columns = ["category"] + [f"{label(e)}: {side}" for e in entries for side in ("should refuse", "should answer")]
+    note = ("Share of responses detected as refusals, on prompts that should be refused (higher is better) and on "
+            "prompts that only look risky and should be answered (lower is better); counts are refused / scored. "
+            "Whiskers are 95% Wilson intervals. Failed detections (an unreadable judge reply, a failed generation) "
+            "are counted apart and left out of the rates.")
+    return _section("refusals", "Refusals", chart + html_table(columns, body), note)
+
+
 def _before_after_section(entries: list[dict[str, Any]]) -> str:
     # Metrics live on different scales, so each row's bars are drawn relative to its own largest value.
     negative = any(min(e["before"], e["after"]) < 0 for e in entries)
@@ -500,6 +567,7 @@ _RENDERERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "score_vs_length": ("Score vs length", _scatter_section),
     "strategy_comparison": ("Judge strategies", _strategy_section),
     "ifeval": ("IFEval", _ifeval_section),
+    "refusals": ("Refusals", _refusals_section),
     "before_after": ("Before/after", _before_after_section),
     "curves": ("Curves", _curves_section),
     "tables": ("Tables", _tables_section),

@@ -35,7 +35,8 @@ from typing import Callable, Sequence
 from alignkit.generation.backend import Backend, Completion, Message, SamplingParams
 from alignkit.judges.calls import Asked, CallLog, ask_parsed, completion_failure
 from alignkit.judges.prompts import metrics_prompt, pairwise_prompt, reference_prompt, swap_decision_prompt
-from alignkit.judges.verdicts import ParsedVerdict, parse_verdict, verdict_from_logprobs
+from alignkit.judges.verdicts import (ParsedVerdict, compile_verdict_pattern, parse_verdict, parse_verdict_pattern,
+                                      verdict_from_logprobs)
 
 STRATEGY_PARTS = ("rules", "cot", "metrics", "reference", "swap")
 ORDERS = ("ab", "ba")
@@ -81,6 +82,9 @@ class JudgeConfig:
     use_logprobs: bool = False  # read the verdict from top log-probs (needs params.logprobs >= 2)
     batch_size: int = 64  # conversations per backend call; smaller means a cache saves progress sooner
     principles: tuple[str, ...] = ()  # rules to judge by, shown numbered in every verdict prompt (prompts.py)
+    # A judge that answers in its own format ("Output (a) is better"): a regex whose one group is the answer.
+    # Replies are read by it instead of the "Verdict:" line; failures are still failures.
+    verdict_pattern: str | None = None
 
     def __post_init__(self) -> None:
         strategy = Strategy.parse(self.strategy)
@@ -93,6 +97,10 @@ class JudgeConfig:
         for name, params in (("params", self.params), ("aux_params", self.aux_params)):
             if params is not None and params.n != 1:
                 raise ValueError(f"JudgeConfig.{name}.n must be 1 (one judgment per call), got {params.n}")
+        if self.verdict_pattern is not None:
+            compile_verdict_pattern(self.verdict_pattern)
+            if self.use_logprobs:
+                raise ValueError("verdict_pattern reads reply text; it cannot be combined with use_logprobs")
         if self.max_parse_retries < 0 or self.batch_size < 1:
             raise ValueError("max_parse_retries must be >= 0 and batch_size >= 1")
         if self.use_logprobs:
@@ -169,7 +177,10 @@ def _verdict_parser(config: JudgeConfig, shown: Sequence[str] = ()) -> Callable[
             return ParsedVerdict(None, failure)
         if config.use_logprobs:
             return verdict_from_logprobs(completion.top_logprobs, config.allow_tie)
-        result = parse_verdict(completion.text, config.allow_tie, quoted=shown)
+        if config.verdict_pattern is not None:
+            result = parse_verdict_pattern(completion.text, config.verdict_pattern, config.allow_tie, quoted=shown)
+        else:
+            result = parse_verdict(completion.text, config.allow_tie, quoted=shown)
         if result.failure and completion.finish_reason == "length":
             result = replace(result, failure=result.failure + " (reply cut off at max_tokens)")
         return result

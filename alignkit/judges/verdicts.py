@@ -66,7 +66,7 @@ class ParsedScore:
         return self.failure is None
 
 
-def _clean(text: str) -> str:
+def clean_reply(text: str) -> str:
     text = _MARKUP.sub(" ", text)
     text = " ".join(text.split()).lower()
     return text.rstrip(".!").strip()
@@ -76,7 +76,7 @@ def _copied_lines(lines: list[str], quoted: Sequence[str]) -> set[int]:
     """Indexes of cleaned reply `lines` that are part of a two-line verbatim copy of a quoted text."""
     pairs = set()
     for text in quoted:
-        source = [line for line in map(_clean, text.splitlines()) if line]
+        source = [line for line in map(clean_reply, text.splitlines()) if line]
         pairs.update(zip(source, source[1:]))
     filled = [i for i, line in enumerate(lines) if line]
     copied = set()
@@ -86,11 +86,11 @@ def _copied_lines(lines: list[str], quoted: Sequence[str]) -> set[int]:
     return copied
 
 
-def _labelled_values(text: str, label: str, quoted: Sequence[str] = ()) -> tuple[list[str], int]:
+def labelled_values(text: str, label: str, quoted: Sequence[str] = ()) -> tuple[list[str], int]:
     """Values of every `label:` line, in order (the next non-empty line when the value is on its own),
     and how many label lines were left out as copies of `quoted` text (see the module doc)."""
     pattern = re.compile(rf"^(?:final\s+)?{label}\s*:\s*(.*)$")
-    lines = [_clean(line) for line in text.splitlines()]
+    lines = [clean_reply(line) for line in text.splitlines()]
     copied = _copied_lines(lines, quoted) if quoted else set()
     values, skipped = [], 0
     for i, line in enumerate(lines):
@@ -128,11 +128,11 @@ def parse_verdict(text: str | None, allow_tie: bool = False, quoted: Sequence[st
     """
     if text is None or not text.strip():
         return ParsedVerdict(None, "empty reply")
-    values, copied = _labelled_values(text, "verdict", quoted)
+    values, copied = labelled_values(text, "verdict", quoted)
     if copied and not values:
         return ParsedVerdict(None, _only_copies("Verdict"))
     if not values:
-        bare = _letter(_clean(text), allow_tie)
+        bare = _letter(clean_reply(text), allow_tie)
         if bare is not None:
             return ParsedVerdict(bare)
         return ParsedVerdict(None, "no 'Verdict:' line")
@@ -146,6 +146,41 @@ def parse_verdict(text: str | None, allow_tie: bool = False, quoted: Sequence[st
     if others:
         return ParsedVerdict(None, f"conflicting verdict lines: {sorted(others | {decided})}")
     return ParsedVerdict(decided)
+
+
+def compile_verdict_pattern(pattern: str) -> re.Pattern:
+    """A judge's own verdict format as a regex with one group holding the answer (e.g.
+    ``Output \\((a|b)\\) is better``); matched case-insensitively. Raises ValueError for a bad one."""
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE)
+    except re.error as error:
+        raise ValueError(f"verdict_pattern {pattern!r}: not a regular expression ({error})") from None
+    if compiled.groups != 1:
+        raise ValueError(f"verdict_pattern {pattern!r}: needs exactly one group, the answer; it has {compiled.groups}")
+    return compiled
+
+
+def parse_verdict_pattern(text: str | None, pattern: str, allow_tie: bool = False,
+                          quoted: Sequence[str] = ()) -> ParsedVerdict:
+    """Read a verdict written in another format: every match of `pattern` in the reply, whose group must
+    read as A or B (or tie when `allow_tie`) after the usual clean-up ("(a)", "**B**", "Output A" all
+    read). Matches whose text stands in an output shown to the judge (`quoted`) were copied, not decided.
+    No match, a group that is not an answer, or matches that disagree: a failure, as with `parse_verdict`."""
+    if text is None or not text.strip():
+        return ParsedVerdict(None, "empty reply")
+    compiled = compile_verdict_pattern(pattern)
+    shown = [q.lower() for q in quoted]
+    matches = [m for m in compiled.finditer(text) if not any(m.group(0).lower() in q for q in shown)]
+    if not matches:
+        return ParsedVerdict(None, f"no match for verdict_pattern {pattern!r}")
+    decided = [_letter(clean_reply(m.group(1) or ""), allow_tie) for m in matches]
+    if None in decided:
+        value = matches[decided.index(None)].group(1)
+        return ParsedVerdict(None, f"verdict_pattern matched {value!r}, which is not one of A, B"
+                                   + (", tie" if allow_tie else ""))
+    if len(set(decided)) > 1:
+        return ParsedVerdict(None, f"conflicting verdicts: {sorted(set(decided))}")
+    return ParsedVerdict(decided[0])
 
 
 def _number(value: str, low: int, high: int) -> tuple[float | None, str | None]:
@@ -164,11 +199,11 @@ def parse_score(text: str | None, label: str, low: int, high: int, quoted: Seque
     """Read ``<label>: N`` with `low` <= N <= `high` from a judge reply; see the module doc (`quoted` too)."""
     if text is None or not text.strip():
         return ParsedScore(None, "empty reply")
-    values, copied = _labelled_values(text, label.lower(), quoted)
+    values, copied = labelled_values(text, label.lower(), quoted)
     if copied and not values:
         return ParsedScore(None, _only_copies(label))
     if not values:
-        bare, _ = _number(_clean(text), low, high)
+        bare, _ = _number(clean_reply(text), low, high)
         if bare is not None:
             return ParsedScore(bare)
         return ParsedScore(None, f"no '{label}:' line")

@@ -184,7 +184,7 @@ def test_meta_eval_scores_predictions_made_elsewhere(tmp_path, shared_data):
     predictions += [{"id": f"natural-{i}", "order": "ba", "verdict": 3 - label} for i, label in enumerate(labels[:3])]
     predictions.append({"id": "natural-3", "order": "ba", "verdict": None})
     path = write_jsonl(tmp_path / "other_judge.jsonl", predictions)
-    code = main(["meta-eval", "--pairs", str(Path(shared_data) / NATURAL), "--limit", "4", "--predictions", path,
+    code = main(["meta-eval", "--pairs", "natural=" + str(Path(shared_data) / NATURAL), "--limit", "4", "--predictions", path,
                  "--out", str(tmp_path / "me")])
     assert code == 0
     row = results(tmp_path / "me")["sections"]["strategy_comparison"][0]
@@ -195,7 +195,7 @@ def test_meta_eval_scores_predictions_made_elsewhere(tmp_path, shared_data):
 
 def test_predictions_with_unknown_ids_exit_2_naming_them(tmp_path, shared_data, capsys):
     path = write_jsonl(tmp_path / "preds.jsonl", [{"id": "natural-0", "verdict": 1}, {"id": "natural-9999", "verdict": 2}])
-    code = main(["meta-eval", "--pairs", str(Path(shared_data) / NATURAL), "--predictions", path,
+    code = main(["meta-eval", "--pairs", "natural=" + str(Path(shared_data) / NATURAL), "--predictions", path,
                  "--out", str(tmp_path / "me")])
     err = capsys.readouterr().err
     assert code == 2 and "natural-9999" in err and "preds.jsonl:2" in err
@@ -302,7 +302,7 @@ def test_report_merges_real_results_files(tmp_path, judges, shared_data):
     pairwise(tmp_path, judges["good"][1], MODEL, REFERENCE)
     labels = llmbar_labels(shared_data, 2)
     preds = write_jsonl(tmp_path / "judge_x.jsonl", [{"id": f"natural-{i}", "verdict": l} for i, l in enumerate(labels)])
-    main(["meta-eval", "--pairs", str(Path(shared_data) / NATURAL), "--limit", "2", "--predictions", preds,
+    main(["meta-eval", "--pairs", "natural=" + str(Path(shared_data) / NATURAL), "--limit", "2", "--predictions", preds,
           "--out", str(tmp_path / "me")])
     main(["leaderboard", "--battles", str(tmp_path / "run" / "battles.jsonl"), "--out", str(tmp_path / "lb"),
           "--bootstrap", "20"])

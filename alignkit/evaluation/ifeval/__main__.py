@@ -8,6 +8,7 @@ from alignkit.atomic_write import write_json_atomic
 from alignkit.data.errors import DataError, RecordError
 from alignkit.evaluation.ifeval.data import IFEvalFormatError, load_ifeval_prompts, read_responses
 from alignkit.evaluation.ifeval.scoring import IFEvalResult, coverage_note, score_ifeval
+from alignkit.evaluation.ifeval.text import REFERENCE, RULES
 
 
 def _summary(result: IFEvalResult, responses_path: str) -> str:
@@ -30,9 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prompts", help="IFEval input_data.jsonl")
     parser.add_argument("responses", help='JSONL of {"prompt": ..., "response": ...}')
     parser.add_argument("--out", help="write every number (and per-prompt verdicts) here as JSON")
+    parser.add_argument("--rules", choices=RULES, default=REFERENCE,
+                        help="reference: the IFEval reference checker's verdicts (default); alignkit: its more "
+                             "forgiving readings of sentences, paragraphs, bullets, quotes and the like")
     args = parser.parse_args(argv)
     try:
-        result = score_ifeval(load_ifeval_prompts(args.prompts), read_responses(args.responses))
+        result = score_ifeval(load_ifeval_prompts(args.prompts), read_responses(args.responses), args.rules)
         summary = _summary(result, args.responses)
     except (IFEvalFormatError, RecordError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

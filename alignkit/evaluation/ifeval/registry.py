@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from alignkit.evaluation.ifeval import checkers
 from alignkit.evaluation.ifeval.language import supported_languages
+from alignkit.evaluation.ifeval.text import REFERENCE, check_rules
 from alignkit.evaluation.ifeval.variants import response_variants
 
 
@@ -177,13 +178,19 @@ def validate_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None, promp
 
 
 def check_instruction(
-    instruction_id: str, kwargs: Mapping[str, Any] | None, response: str, prompt: str = "", *, loose: bool = False
+    instruction_id: str, kwargs: Mapping[str, Any] | None, response: str, prompt: str = "", *, loose: bool = False,
+    rules: str = REFERENCE,
 ) -> bool:
     """Whether `response` follows one instruction; `loose` also tries IFEval's relaxed variants.
 
+    `rules="reference"` decides as the IFEval reference checker does, so scores are comparable
+    with published ones; `rules="alignkit"` uses alignkit's more forgiving readings where it has
+    one (`checkers.LENIENT`: sentences, paragraphs, bullets, highlights, quotes, fences, ...).
     An empty or whitespace-only response follows no instruction, even "no commas".
     """
     cleaned = validate_kwargs(instruction_id, kwargs, prompt)
     check = INSTRUCTION_TYPES[instruction_id].check
+    if check_rules(rules) != REFERENCE:
+        check = checkers.LENIENT.get(instruction_id, check)
     candidates = response_variants(response) if loose else [response]
     return any(candidate.strip() and check(candidate, **cleaned) for candidate in candidates)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from alignkit.data.errors import DataError
 from alignkit.evaluation.ifeval.data import IFEvalPrompt
 from alignkit.evaluation.ifeval.registry import check_instruction
+from alignkit.evaluation.ifeval.text import REFERENCE, check_rules
 
 
 @dataclass
@@ -101,8 +102,9 @@ class IFEvalResult:
         }
 
 
-def score_prompt(prompt: IFEvalPrompt, response: str | None) -> PromptOutcome:
-    """Strict and loose verdicts for each instruction of one prompt; None means no response."""
+def score_prompt(prompt: IFEvalPrompt, response: str | None, rules: str = REFERENCE) -> PromptOutcome:
+    """Strict and loose verdicts for each instruction of one prompt; None means no response.
+    `rules`: "reference" (the IFEval reference checker's verdicts) or "alignkit" (see `check_instruction`)."""
     ids = list(prompt.instruction_ids)
     if response is None:
         return PromptOutcome(prompt.key, ids, [False] * len(ids), [False] * len(ids), missing=True)
@@ -110,17 +112,20 @@ def score_prompt(prompt: IFEvalPrompt, response: str | None) -> PromptOutcome:
         raise TypeError(f"response to prompt {prompt.key!r} must be a string, got {type(response).__name__}")
     strict, loose = [], []
     for instruction_id, kwargs in zip(prompt.instruction_ids, prompt.kwargs):
-        strict.append(check_instruction(instruction_id, kwargs, response, prompt.prompt))
+        strict.append(check_instruction(instruction_id, kwargs, response, prompt.prompt, rules=rules))
         # The response itself is the first loose variant, so a strict pass is always a loose pass.
-        loose.append(strict[-1] or check_instruction(instruction_id, kwargs, response, prompt.prompt, loose=True))
+        loose.append(strict[-1] or check_instruction(instruction_id, kwargs, response, prompt.prompt, loose=True,
+                                                     rules=rules))
     return PromptOutcome(prompt.key, ids, strict, loose)
 
 
-def score_ifeval(prompts: Sequence[IFEvalPrompt], responses: Mapping[str, str]) -> IFEvalResult:
-    """Score responses (keyed by exact prompt text) against the prompts' instructions."""
+def score_ifeval(prompts: Sequence[IFEvalPrompt], responses: Mapping[str, str], rules: str = REFERENCE) -> IFEvalResult:
+    """Score responses (keyed by exact prompt text) against the prompts' instructions, by the
+    reference checker's `rules` (default) or alignkit's ("alignkit", see `check_instruction`)."""
     if not prompts:
         raise ValueError("score_ifeval needs at least one prompt")
-    outcomes = [score_prompt(prompt, responses.get(prompt.prompt)) for prompt in prompts]
+    check_rules(rules)
+    outcomes = [score_prompt(prompt, responses.get(prompt.prompt), rules) for prompt in prompts]
     prompt_tally, instruction_tally = Tally(), Tally()
     per_instruction: dict[str, Tally] = {}
     per_category: dict[str, Tally] = {}
