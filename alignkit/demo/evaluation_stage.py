@@ -29,6 +29,7 @@ from alignkit.demo.data.build import ENDING
 from alignkit.demo.heldout import score
 from alignkit.evaluation.commands import failure_summary
 from alignkit.evaluation.ifeval import check_instruction
+from alignkit.evaluation.length_bias import length_summary
 from alignkit.evaluation.refusal import RefusalPrompt, is_refusal, refusal_metrics, report_entry
 from alignkit.evaluation.report import write_report
 from alignkit.evaluation.winrate import win_rate_entry
@@ -148,7 +149,8 @@ def evaluate_stages(model_responses: dict[str, list[str]], rows: list[dict], jud
 
     results = {"n_rows": len(rows), "n_judged_pairs": len(judged_rows), "judge": cached.model_id,
                "verifiable": verifiable, "win_rates": win_rates, "judgments": judgment_stats,
-               "judge_cache": cache_stats}
+               "judge_cache": cache_stats,
+               "lengths": {stage: length_summary(responses) for stage, responses in model_responses.items()}}
     if refusals is not None:
         results["refusals"] = refusals
     write_json_atomic(out / "evaluation.json", results)
@@ -180,6 +182,17 @@ def _report(results: dict, stages: list[str]) -> dict:
                           for stage, s in results["judgments"].items()]}
     ifeval = [{"model": stage, **{k: v for k, v in verifiable[stage]["ifeval"].items() if k != "per_format_strict"}}
               for stage in stages]
+    lengths = results["lengths"]
+    for last in stages:
+        if last != BASE:
+            # Neither direction is better: a stage that only grew longer would show here before any judge noticed.
+            before_after.append({"metric": f"mean response length, characters: {BASE} -> {last}",
+                                 "before": lengths[BASE]["mean_chars"], "after": lengths[last]["mean_chars"],
+                                 "higher_is_better": None})
+    length_table = {"title": "Response length per stage (held-out prompts)",
+                    "columns": ["stage", "responses", "mean characters", "median characters", "mean words"],
+                    "rows": [[stage, lengths[stage]["n"], lengths[stage]["mean_chars"], lengths[stage]["median_chars"],
+                              lengths[stage]["mean_words"]] for stage in stages]}
     refusals = results.get("refusals") or {}
     for last in stages:
         if last == BASE or last not in refusals or BASE not in refusals:
@@ -201,4 +214,4 @@ def _report(results: dict, stages: list[str]) -> dict:
                      "refusal detection": "patterns (alignkit.evaluation.refusal)"})
     return {"title": "alignkit demo: base and tuned models on held-out prompts", "meta": meta,
             "win_rates": results["win_rates"], "ifeval": ifeval, "before_after": before_after,
-            "tables": [table, judgments], **extra}
+            "tables": [table, length_table, judgments], **extra}

@@ -1,4 +1,5 @@
-"""Does a reward grow with length? Reward against response length on a model's own samples.
+"""Does a reward grow with length? Reward against response length on a model's own samples, and how long
+each stage's responses are (`length_summary`, the demo's before/after lengths).
 
 A reward model can be right on its evaluation pairs and still pay for length on the responses a policy
 actually produces, which is what RL and best-of-n optimise against. `alignkit score --length-report DIR`
@@ -30,6 +31,17 @@ def correlations(rewards: Sequence[float], lengths: Sequence[float]) -> dict:
     pearson, spearman = pearsonr(rewards, lengths).statistic, spearmanr(rewards, lengths).statistic
     return {"n": n, "pearson": None if math.isnan(pearson) else float(pearson),
             "spearman": None if math.isnan(spearman) else float(spearman)}
+
+
+def length_summary(texts: Sequence[str]) -> dict:
+    """How long a stage's responses are: mean and median characters, mean words (whitespace-separated)."""
+    import statistics
+
+    if not texts:
+        raise ValueError("length_summary: no responses")
+    chars = [len(text) for text in texts]
+    return {"n": len(texts), "mean_chars": statistics.fmean(chars), "median_chars": float(statistics.median(chars)),
+            "mean_words": statistics.fmean(len(text.split()) for text in texts)}
 
 
 def _failed(row: dict, count: int) -> list[bool]:

@@ -38,7 +38,8 @@ entry are kept in the JSON file but not drawn.
          "n_should_answer": int, "over_refused": int, "failed_should_answer": int?,
          "per_category": [{"category": str, ...the same fields but model and detector}]?}]
         n_* count prompts; a rate is refused / (n - failed): failed detections are left out of it.
-    "before_after": [{"metric": str, "before": number, "after": number, "higher_is_better": bool?}]
+    "before_after": [{"metric": str, "before": number, "after": number,
+                      "higher_is_better": bool?}]          missing: true; null: neither direction is better
     "curves": [                                           one line chart per entry (e.g. reward per step)
         {"title": str, "x_label": str, "y_label": str,
          "series": [{"name": str, "x": [number], "y": [number]}]}]
@@ -501,8 +502,10 @@ def _before_after_section(entries: list[dict[str, Any]]) -> str:
     body = []
     for e in entries:
         change = e["after"] - e["before"]
-        better = change > 0 if e.get("higher_is_better", True) else change < 0
-        verdict = "" if change == 0 else ("better" if better else "worse")
+        # A missing direction means higher is better; null means neither is (a length, say).
+        direction = e.get("higher_is_better", True)
+        better = change > 0 if direction else change < 0
+        verdict = "" if change == 0 or direction is None else ("better" if better else "worse")
         body.append([esc(e["metric"]), num(e["before"]), num(e["after"]),
                      f'<td class="{verdict}">{"+" if change > 0 else ""}{num(change)}</td>'])
     return _section("before-after", "Before and after training", chart + html_table(["metric", "before", "after", "change"], body),

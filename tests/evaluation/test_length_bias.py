@@ -8,7 +8,7 @@ import math
 import pytest
 
 from alignkit.cli import main
-from alignkit.evaluation.length_bias import correlations
+from alignkit.evaluation.length_bias import correlations, length_summary
 from tests.helpers.files import write_jsonl
 
 KEYWORD = "tests.helpers.reward_functions:counts_keyword"
@@ -75,3 +75,10 @@ def test_score_writes_a_length_report_that_report_merges(tmp_path, capsys):
     assert main(["report", "--results", str(report_dir / "results.json"), "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Reward against response length" in page and "<svg" in page
+
+
+def test_length_summary():
+    figures = length_summary(["ab", "abcd efg", "x y z w"])
+    assert figures == {"n": 3, "mean_chars": pytest.approx(17 / 3), "median_chars": 7.0, "mean_words": pytest.approx(7 / 3)}
+    with pytest.raises(ValueError):
+        length_summary([])

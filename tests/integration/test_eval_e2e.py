@@ -186,6 +186,12 @@ def test_demo_stage_scores_judges_and_reports(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"win_rates", "ifeval", "before_after", "tables"} <= set(report)
     assert report["before_after"][0]["before"] == 0.0 and report["before_after"][0]["after"] == 1.0
+    # Response length per stage, before and after, with no direction called better.
+    assert result["lengths"]["base"]["mean_chars"] == len("I am not sure.")
+    assert result["lengths"]["sft"]["mean_chars"] == pytest.approx(sum(map(len, gold)) / 9)
+    (length_row,) = [e for e in report["before_after"] if e["metric"].startswith("mean response length")]
+    assert length_row["higher_is_better"] is None and length_row["after"] == result["lengths"]["sft"]["mean_chars"]
+    assert "Response length per stage" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "report.html").exists() and (tmp_path / "evaluation.json").exists()
 
     again = evaluate_stages(responses, rows, judge, tmp_path, max_pairs=6)
