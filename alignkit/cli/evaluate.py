@@ -8,6 +8,10 @@ import sys
 from alignkit.cli.judge_args import add_judge_args, judge_options
 from alignkit.cli.local_model import CHAT_TEMPLATE_HELP, add_sampling_args, local_backend, sampling_params
 
+# evaluation.importers' formats, named here so that building the parser imports no evaluation code
+PREDICTION_FORMATS = ("alignkit", "llmbar", "fastchat-pair", "alpacaeval")
+BATTLE_FORMATS = ("alignkit", "fastchat-pair", "mt-bench-human", "alpacaeval")
+
 
 def cmd_eval_ifeval(a) -> None:
     from alignkit.evaluation.ifeval import run_ifeval
@@ -38,6 +42,14 @@ def cmd_eval_grade(a) -> None:
     from alignkit.paths import check_output_dir
 
     check_output_dir(a.out, "--out")  # before the judge loads and every answer is graded
+    if a.judgments:
+        from alignkit.evaluation.commands import eval_grade_imported
+
+        given = [name for name in ("answers", "items", "rubric", "turns") if getattr(a, name)]
+        if given:
+            raise ValueError(f"--judgments reads ratings already given; --{given[0]} has no use with it")
+        eval_grade_imported(a.judgments, a.out, questions=a.questions, fmt=a.judgments_format, report=a.report)
+        return
     try:
         turns = [int(t) for t in a.turns.split(",")] if a.turns else None
     except ValueError:
@@ -70,7 +82,7 @@ def cmd_leaderboard(a) -> None:
 
     check_output_dir(a.out, "--out")  # before the judge loads and every battle is judged
     leaderboard(a.out, battles=a.battles, outputs=a.outputs or (), judge=judge_options(a), limit=a.limit,
-                anchor=a.anchor, n_bootstrap=a.bootstrap, seed=a.seed, report=a.report)
+                anchor=a.anchor, n_bootstrap=a.bootstrap, seed=a.seed, report=a.report, battles_format=a.battles_format)
 
 
 def cmd_meta_eval(a) -> None:
@@ -143,6 +155,11 @@ def add_eval(sub) -> None:
     p.add_argument("--items", help="rubric mode: JSONL {id, instruction, response, rubric?, reference?, category?}")
     p.add_argument("--turns", help="comma-separated turns to grade, e.g. 1 or 1,2 (default: all)")
     p.add_argument("--no-reference", action="store_true", help="do not show the judge reference answers")
+    p.add_argument("--judgments", help="summarise ratings another tool gave instead of grading: FastChat's "
+                                       "<judge>_single.jsonl (per model: turn 1, turn 2, average; with --questions "
+                                       "also per category)")
+    p.add_argument("--judgments-format", default="auto", choices=["auto", "fastchat-single"],
+                   help="format of --judgments (auto: told from its first record)")
     p.add_argument("--model-name", help="default: the answers file name")
     p.add_argument("--out", default="runs/eval-grade")
     p.add_argument("--limit", type=int, default=0, help="grade only the first N questions/items (0: all)")
@@ -174,7 +191,11 @@ def add_eval(sub) -> None:
 def add_leaderboard(sub) -> None:
     p = sub.add_parser("leaderboard", help="Bradley-Terry ratings with bootstrap CIs from battles, or by judging "
                                            "several models' outputs pairwise")
-    p.add_argument("--battles", help="JSONL {model_a, model_b, winner: a|b|tie} (e.g. battles.jsonl of eval pairwise)")
+    p.add_argument("--battles", help="JSONL {model_a, model_b, winner: a|b|tie} (e.g. battles.jsonl of eval pairwise "
+                                     "or of annotate export), FastChat pairwise judgments (<judge>_pair.jsonl), MT-Bench "
+                                     "human judgments, or AlpacaEval annotations.json")
+    p.add_argument("--battles-format", default="auto", choices=["auto", *BATTLE_FORMATS],
+                   help="format of --battles (auto: told from its first record)")
     p.add_argument("--outputs", nargs="+", help="two or more model output files answering the same items")
     p.add_argument("--anchor", help="model pinned at rating 1000 (default: alphabetically first)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the intervals")
@@ -190,15 +211,17 @@ def add_meta_eval(sub) -> None:
     p = sub.add_parser("meta-eval", help="how good is a judge: accuracy on gold-labelled pairs (LLMBar format) per "
                                          "order, positional agreement and failure rate, per strategy and file")
     p.add_argument("--pairs", nargs="+", required=True,
-                   help="LLMBar JSON files (input, output_1, output_2, label 1|2|\"tie\"), each PATH or NAME=PATH; "
+                   help="LLMBar JSON files (input, output_1, output_2, label 1|2|\"tie\") or MT-Bench human judgments "
+                        "(question_id, model_a, model_b, winner, turn, conversation_a/b), each PATH or NAME=PATH; "
                         "pair ids are <NAME or PATH>-<index> unless the file has ids")
     p.add_argument("--strategies", default=None,
                    help="comma-separated judge strategies, e.g. plain,rules,cot,metrics,reference,swap,rules+metrics")
     p.add_argument("--predictions", nargs="+",
-                   help="verdict files produced elsewhere, each PATH or NAME=PATH: alignkit JSONL {id, order?, verdict} "
-                        "or an LLMBar evaluator's result.json; files of one name are one judge (default name: the "
-                        "file stem, or <model>/<method> for LLMBar)")
-    p.add_argument("--predictions-format", default="auto", choices=["auto", "alignkit", "llmbar"],
+                   help="verdict files produced elsewhere, each PATH or NAME=PATH: alignkit JSONL {id, order?, verdict}, "
+                        "an LLMBar evaluator's result.json, FastChat pairwise judgments (matched to MT-Bench human "
+                        "judgments loaded with --pairs) or AlpacaEval annotations.json (matched by content); files of "
+                        "one name are one judge (default name: the file stem, or <model>/<method> for LLMBar)")
+    p.add_argument("--predictions-format", default="auto", choices=["auto", *PREDICTION_FORMATS],
                    help="format of the --predictions files (auto: told from their first record)")
     p.add_argument("--agreement", default="same-output", choices=["same-output", "llmbar"],
                    help="positional agreement: both orders chose the same output (same-output), or the two verdicts "

@@ -181,6 +181,21 @@ def training_curves(trained: dict) -> list[dict]:
                        "series": [{"name": name, "x": [r["step"] for r in result.history],
                                    "y": [r["reward_mean"] for r in result.history]}
                                   for name, result in rewarded.items()]})
+        # reward against length: a policy that earns reward by growing (or shrinking) its answers shows here
+        curves.append({"title": "Mean completion length of the policy's samples per step", "x_label": "step",
+                       "y_label": "tokens",
+                       "series": [{"name": name, "x": [r["step"] for r in result.history],
+                                   "y": [r["completion_len_mean"] for r in result.history]}
+                                  for name, result in rewarded.items()]})
+        correlated = {name: [r for r in result.history if "reward_length_corr" in r]
+                      for name, result in rewarded.items()}
+        if any(correlated.values()):
+            curves.append({"title": "Correlation of reward and completion length within each step's samples "
+                                    "(Pearson r; steps where either is constant have none)",
+                           "x_label": "step", "y_label": "r",
+                           "series": [{"name": name, "x": [r["step"] for r in rows],
+                                       "y": [r["reward_length_corr"] for r in rows]}
+                                      for name, rows in correlated.items() if rows]})
     return curves
 
 

@@ -23,7 +23,7 @@ from alignkit.evaluation.report import write_report
 from alignkit.evaluation.run_files import load_outputs, match_by_key, merge_sections, model_name, results_document
 from alignkit.generation.backend import SamplingParams
 from alignkit.generation.specs import BackendOptions, backend_stats, describe_stats, open_backend
-from alignkit.judges import RUBRIC_SCALE, JudgeConfig, OrderVerdict, PairItem, PairJudgment, Strategy, judge_pairs
+from alignkit.judges import RUBRIC_SCALE, SINGLE_SCALE, JudgeConfig, OrderVerdict, PairItem, PairJudgment, Strategy, judge_pairs
 
 CACHE_NAME = "judge_cache.sqlite"
 _TO_MODEL_TERMS = {"a": "model", "b": "reference", "tie": "tie", None: None}
@@ -303,6 +303,55 @@ def eval_grade(out_dir: str, judge: JudgeOptions = JudgeOptions(), *, questions:
                    title=f"Grading: {model}")
 
 
+def eval_grade_imported(judgments: str, out_dir: str, *, questions: str | None = None, fmt: str = "auto",
+                        report: bool = False) -> dict:
+    """Another tool's single-answer ratings (FastChat's `<judge>_single.jsonl`) summarised as `eval grade`
+    summarises its own: per model the mean of each turn and of all turns (FastChat's show_result.py
+    numbers), failures counted beside them, and per category when `questions` gives the categories."""
+    out = Path(out_dir)
+    categories = {q.question_id: q.category for q in grading.load_mt_bench_questions(questions)} if questions else None
+    by_model = importers.load_graded_file(judgments, categories, fmt)
+    results = {model: grading.summarise(SINGLE_SCALE, items) for model, items in by_model.items()}
+    ranked = sorted(results, key=lambda m: (-(results[m].overall.mean or float("-inf")), m))
+    turns = sorted({turn for result in results.values() for turn in result.per_turn})
+    write_jsonl_atomic(str(out / "grades.jsonl"),
+                       [{"model": model, "id": item.id, "category": item.category, "turn": item.turn,
+                         "score": item.score, "failure": item.failure}
+                        for model, items in by_model.items() for item in items])
+
+    def turn_mean(result, turn):
+        summary = result.per_turn.get(turn)
+        return summary.mean if summary else None
+
+    rows = [[model, *(turn_mean(results[model], t) for t in turns), results[model].overall.mean,
+             results[model].overall.n - results[model].overall.n_failed, results[model].overall.n_failed]
+            for model in ranked]
+    low, high = SINGLE_SCALE
+    tables = [{"title": f"Single-answer grades imported from {judgments} ({low}-{high}; failures excluded)",
+               "columns": ["model", *(f"turn {t}" for t in turns), "average", "graded", "failed"], "rows": rows}]
+    if categories is not None:
+        names = sorted({item.category for items in by_model.values() for item in items})
+        tables.append({"title": "Mean grade per category", "columns": ["model", *names],
+                       "rows": [[m, *(results[m].per_category[c].mean if c in results[m].per_category else None
+                                      for c in names)] for m in ranked]})
+    sections = {"tables": tables,
+                "score_distributions": [{"model": m, "label": f"imported single grading, {low}-{high}",
+                                         "scores": [i.score for i in by_model[m] if not i.failed],
+                                         "scale_min": low, "scale_max": high} for m in ranked]}
+    n_items = sum(r.overall.n for r in results.values())
+    n_failed = sum(r.overall.n_failed for r in results.values())
+    meta = {"command": "eval grade", "mode": "imported", "judgments": str(judgments), "models": len(results),
+            "n_graded": n_items, "n_failed": n_failed}
+    details = {"grading": {model: result.to_dict() for model, result in results.items()}}
+    print(f"{judgments}: {n_items} ratings of {len(results)} models, {n_failed} without a rating (left out)")
+    print(f"{'model':<32}" + "".join(f"{'turn ' + str(t):>9}" for t in turns) + f"{'average':>9}{'failed':>8}")
+    for row in rows:
+        print(f"{_fit(row[0], 32):<32}" + "".join(f"{_fmt(v, 4):>9}" for v in row[1:-2]) + f"{row[-1]:>8}")
+    return finish_run("eval grade", out, None, meta, sections, details,
+                      all_failed=_all_failed(n_items, n_items - n_failed), report=report,
+                      title=f"Imported grades: {Path(judgments).name}")
+
+
 def _read_rubric(path: str) -> str:
     text = read_text(path)
     if not text.strip():
@@ -328,15 +377,22 @@ def _questions_and_answers(questions: str, answers: str, limit: int):
 
 def leaderboard(out_dir: str, *, battles: str | None = None, outputs: Sequence[str] = (),
                 judge: JudgeOptions = JudgeOptions(), limit: int = 0, anchor: str | None = None,
-                n_bootstrap: int = 200, seed: int = 0, report: bool = False) -> dict:
-    """Bradley-Terry ratings with bootstrap intervals, from a battles file or by judging every pair of
-    `outputs` files (all answering the same items) in both orders."""
+                n_bootstrap: int = 200, seed: int = 0, report: bool = False, battles_format: str = "auto") -> dict:
+    """Bradley-Terry ratings with bootstrap intervals, from a battles file (alignkit's, or another tool's
+    judgments or votes: `importers`, format detected unless `battles_format` names it) or by judging
+    every pair of `outputs` files (all answering the same items) in both orders."""
     out = Path(out_dir)
     if (battles is None) == (not outputs):
         raise ValueError("leaderboard needs either --battles or --outputs (two or more files), not both")
     backend, failures, judged_pairs = None, [], {}
     if battles is not None:
-        battle_list = bt.load_battles(battles)
+        imported = importers.load_battles_file(battles, battles_format)
+        battle_list = imported.battles
+        # another tool's judgments without a verdict: counted as failures, never battles
+        failures = [None] * len(battle_list) + ["no verdict in the imported judgment"] * imported.failed
+        print(f"{battles}: {imported.records} records, {len(battle_list)} battles"
+              + (f", {imported.failed} judgments without a verdict" if imported.failed else "")
+              + "".join(f"; {note}" for note in imported.notes))
     else:
         if len(outputs) < 2:
             raise ValueError("leaderboard --outputs needs at least two model output files")
@@ -383,7 +439,7 @@ def leaderboard(out_dir: str, *, battles: str | None = None, outputs: Sequence[s
         for rank, name in enumerate(board.models, start=1):
             print(f"{rank:>3}  {name:<32}{board.ratings[name]:>9.1f}  [{board.ci_low[name]:.1f}, "
                   f"{board.ci_high[name]:.1f}]  {board.battles_per_model[name]} battles")
-    if failures:
+    if any(failures):
         summary = details["failures"]
         print(f"judgments: {summary['n_failed']} of {summary['n_judgments']} failed "
               f"({summary['n_parse_failures']} unparseable, {summary['n_backend_errors']} backend errors) "
@@ -422,11 +478,11 @@ def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None
     """
     if agreement not in meta_eval.AGREEMENTS:
         raise ValueError(f"--agreement must be one of {', '.join(meta_eval.AGREEMENTS)}, got {agreement!r}")
-    if predictions_format != "auto" and predictions_format not in importers.FORMATS:
-        raise ValueError(f"--predictions-format must be auto or one of {', '.join(importers.FORMATS)}, "
+    if predictions_format != "auto" and predictions_format not in importers.PREDICTION_FORMATS:
+        raise ValueError(f"--predictions-format must be auto or one of {', '.join(importers.PREDICTION_FORMATS)}, "
                          f"got {predictions_format!r}")
     out = Path(out_dir)
-    all_pairs = meta_eval.load_llmbar([(name, path) if name else path for name, path in _named(pairs)])
+    all_pairs = importers.load_pairs([(name, path) if name else path for name, path in _named(pairs)])
     kept = _limit_per_source(all_pairs, limit)
     names = [Strategy.parse(s).name for s in strategies] if judge is not None else []
     files: dict[str, list[str]] = {}  # judge name -> its predictions files
@@ -440,10 +496,15 @@ def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None
     if not names and not files:
         raise ValueError("meta-eval needs --strategies (with a judge) or --predictions")
     # Verdict files are scored first, so a bad one stops the run before any judge call is spent.
-    scored_files, beyond_limit = {}, {}
+    scored_files, beyond_limit, unmatched = {}, {}, {}
     kept_ids, all_ids = {pair.id for pair in kept}, {pair.id for pair in all_pairs}
     for name, paths in files.items():
-        loaded = [p for path in paths for p in importers.load_predictions_file(path, all_pairs, formats[path])]
+        loaded = []
+        for path in paths:
+            imported = importers.load_predictions_file(path, all_pairs, formats[path])
+            loaded += imported.predictions
+            if imported.unmatched:
+                unmatched[path] = {"records": imported.records, "about_no_loaded_pair": imported.unmatched}
         # Predictions for pairs cut by --limit are known ids, left out and counted; unknown ids still raise.
         usable = [p for p in loaded if p.id in kept_ids or p.id not in all_ids]
         beyond_limit[name] = len(loaded) - len(usable)
@@ -481,8 +542,11 @@ def run_meta_eval(pairs: Sequence[str], out_dir: str, judge: JudgeOptions | None
     details = {"results": {name: result.to_dict() for name, result in results.items()}, "failures": failures,
                "predictions_files": {name: [f"{path} ({formats[path]})" for path in paths]
                                      for name, paths in files.items()},
-               "predictions_beyond_limit": beyond_limit}
+               "predictions_beyond_limit": beyond_limit, "records_about_no_loaded_pair": unmatched}
     _print_meta_eval(rows, failures, agreement)
+    for path, counts in unmatched.items():
+        print(f"{path}: {counts['about_no_loaded_pair']} of its {counts['records']} judgments are about no loaded "
+              "pair and were skipped")
     for name, count in beyond_limit.items():
         if count:
             print(f"{name}: {count} predictions for pairs beyond --limit {limit} were not scored")

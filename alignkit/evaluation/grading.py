@@ -136,7 +136,7 @@ def _summary(items: Sequence[GradedItem]) -> ScoreSummary:
                         n_failed / len(items) if items else 0.0)
 
 
-def _summarise(scale: tuple[int, int], items: list[GradedItem]) -> GradingResult:
+def summarise(scale: tuple[int, int], items: list[GradedItem]) -> GradingResult:
     def group(key) -> dict:
         groups: dict = {}
         for item in items:
@@ -156,7 +156,7 @@ def _grade(backend: Backend, prompts: list, labels: list[tuple[str, str, int | N
     items = [GradedItem(item_id, category, turn, result.parsed.score, result.parsed.failure is not None,
                         result.parsed.failure, result.log)
              for (item_id, category, turn), result in zip(labels, asked)]
-    return _summarise(scale, items)
+    return summarise(scale, items)
 
 
 def grade_single(backend: Backend, questions: Sequence[MTBenchQuestion], answers: Mapping[str | int, Sequence[str]],

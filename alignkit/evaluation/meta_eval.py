@@ -66,6 +66,7 @@ class LabelledPair:
     label: Label  # 1, 2 or "tie"
     file: str = ""  # the path it was read from, for importers that locate their pairs file
     index: int = -1  # its position in that file, from 0
+    key: tuple = ()  # what an importer matches other tools' judgments to (MT-Bench: question, models, turn)
 
 
 def _id_list(ids: Sequence[str]) -> str:

@@ -149,6 +149,14 @@ def _scoring(model):
         model.train(was_training)
 
 
+def length_correlation(rewards: torch.Tensor, lengths: torch.Tensor) -> dict:
+    """{"reward_length_corr": Pearson r of reward and completion length over one rollout's samples}, or {}
+    when either is constant (r undefined). A rising r while reward climbs is the sign of a length hack."""
+    if rewards.numel() < 2 or rewards.std() == 0 or lengths.std() == 0:
+        return {}
+    return {"reward_length_corr": float(torch.corrcoef(torch.stack([rewards, lengths]))[0, 1])}
+
+
 class RolloutSource:
     """A BatchSource sampling from the policy. `reward_fn(samples) -> rewards` gets a rewards.interface.Sample
     per completion (see RewardFn); `advantage_fn(rewards [B], group_ids [B]) -> [B]` defaults
@@ -353,6 +361,7 @@ class RolloutSource:
                  "trained_samples": sum(s.trained for s in self.buffer),
                  "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
                  "completion_len_mean": float(lengths.mean()),
+                 **length_correlation(rewards, lengths),
                  "truncated_rate": sum(s.truncated for s in self.buffer) / len(self.buffer),
                  "gen_seconds": gen_seconds, "gen_tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
                  "logprob_seconds": logprob_seconds, "rollout_seconds": seconds, **extra}

@@ -84,7 +84,7 @@ def test_predictions_follow_the_last_round_with_the_swap_flag_as_order(tmp_path)
         ("natural-0", "ab", 1), ("natural-0", "ba", 2), ("natural-1", "ab", 2), ("natural-1", "ba", 2),
         ("natural-2", "ab", None), ("natural-2", "ba", 1), ("natural-3", "ab", None), ("natural-3", "ba", None)]
     assert predictions[2].where == f"{result}:record 2"
-    assert load_predictions_file(result, pairs) == predictions  # format told from the first record
+    assert load_predictions_file(result, pairs).predictions == predictions  # format told from the first record
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -162,7 +162,7 @@ def test_format_detection_and_names(tmp_path):
     mine = write_jsonl(tmp_path / "judge_x.jsonl", [{"id": "a", "verdict": 1}])
     assert detect_format(mine) == "alignkit" and judge_name(mine, "alignkit") == "judge_x"
     other = write_jsonl(tmp_path / "other.jsonl", [{"question_id": 1, "model": "m"}])
-    with pytest.raises(RecordError, match=r"other.jsonl:1: cannot tell the predictions format"):
+    with pytest.raises(RecordError, match=r"other.jsonl:1: cannot tell the format"):
         detect_format(other)
     with pytest.raises(DataError, match="file not found"):
         detect_format(tmp_path / "missing.json")

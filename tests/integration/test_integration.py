@@ -76,9 +76,15 @@ def test_demo_runs_every_stage_end_to_end(tmp_path):
     grpo = results["training"]["grpo"]
     assert grpo["steps"] == 2 and 0.0 <= grpo["first_reward"] <= 1.0
     report = json.loads((tmp_path / "evaluation" / "report.json").read_text())
-    loss, reward = report["curves"]
+    loss, reward, length, *correlation = report["curves"]
     assert [s["name"] for s in loss["series"]] == ["sft", "dpo", "grpo"]
     assert [s["name"] for s in reward["series"]] == ["grpo"] and reward["series"][0]["x"] == [1, 2]
+    # the RL stage's completion length per step, beside its reward (and their correlation where defined)
+    logged = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["name"] for s in length["series"]] == ["grpo"] and length["series"][0]["x"] == [1, 2]
+    assert length["series"][0]["y"] == [r["completion_len_mean"] for r in logged if "completion_len_mean" in r]
+    for curve in correlation:
+        assert all(-1.0 <= r <= 1.0 for r in curve["series"][0]["y"])
     assert [e["model"] for e in report["win_rates"]] == ["sft", "dpo", "grpo"]
     lines = (tmp_path / "responses.jsonl").read_text().splitlines()
     assert len(lines) == 4 and {"base", "sft", "dpo", "grpo"} <= set(json.loads(lines[0]))

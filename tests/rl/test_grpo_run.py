@@ -92,6 +92,8 @@ def test_grpo_command_runs_and_writes_its_files(tmp_path, model_dir, capsys):
         # the update's speed leaves the sampling out, so it is above the step's overall speed
         assert r["update_tokens_per_s"] > r["tokens_per_s"] > 0
     assert len({r["reward_mean"] for r in metrics}) > 1  # a fresh rollout each step
+    # every completion here runs to max_tokens: lengths are constant, so no reward-length correlation exists
+    assert not any("reward_length_corr" in r for r in metrics)
     samples = read_jsonl(out / "samples.jsonl")
     assert [s["step"] for s in samples] == [1, 1, 2, 2, 3, 3]
     assert all(s["reward"] == float(len(s["completion"])) and "<|im_start|>user" in s["prompt"] for s in samples)
@@ -204,3 +206,16 @@ def test_the_demo_config_loads_and_its_prompts_carry_their_format(monkeypatch):
     prompts = read_prompt_records(cfg.prompts)
     assert prompts and all(p.metadata["format"] in FORMATS for p in prompts)
     assert all(p.messages[-1]["role"] == "user" for p in prompts)  # the demo answer is left out of the prompt
+
+
+def test_length_correlation_is_pearson_r_and_absent_when_undefined():
+    from alignkit.rl.rollout import length_correlation
+
+    rewards = torch.tensor([1.0, 3.0, 2.0, 5.0], dtype=torch.float64)
+    lengths = torch.tensor([10.0, 12.0, 30.0, 31.0], dtype=torch.float64)
+    dr, dl = rewards - rewards.mean(), lengths - lengths.mean()
+    expected = float((dr * dl).sum() / (dr.square().sum() * dl.square().sum()).sqrt())
+    assert length_correlation(rewards, lengths)["reward_length_corr"] == pytest.approx(expected)
+    assert length_correlation(rewards, torch.full((4,), 7.0, dtype=torch.float64)) == {}
+    assert length_correlation(torch.ones(4, dtype=torch.float64), lengths) == {}
+    assert length_correlation(rewards[:1], lengths[:1]) == {}
