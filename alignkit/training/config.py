@@ -9,6 +9,7 @@ from alignkit.training.precision import PRECISIONS
 SCHEDULES = ("cosine", "linear", "constant")
 REPORT_TARGETS = ("tensorboard", "wandb", "mlflow")
 IF_EXISTS = ("error", "overwrite", "extend")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -39,6 +40,10 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)  # tensorboard | wandb | mlflow
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     progress: bool = True
+    parallel: str = "ddp"  # with several processes (torchrun, accelerate launch): ddp (replicated model) | fsdp (FSDP2: parameters, gradients and optimizer state sharded)
+    fsdp_reshard_after_forward: bool = True  # fsdp: free each block's gathered weights after its forward (less memory, one more all-gather in backward)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward instead of keeping them
+    loss_chunk_size: int = 0  # 0: logits of every target position at once; N: the output layer and log-softmax N positions at a time (long sequences, large vocabularies)
 
     def validate(self, where: str = "train") -> None:
         """Every value checked here, so a bad one fails before the model loads, not inside torch."""
@@ -54,6 +59,10 @@ class TrainConfig:
         for i, target in enumerate(self.report_to):
             require_choice(where, f"report_to[{i}]", target, REPORT_TARGETS)
         require_number(where, "threads", self.threads, low=0, whole=True)
+        require_choice(where, "parallel", self.parallel, PARALLEL)
+        for key in ("fsdp_reshard_after_forward", "activation_checkpointing"):
+            require(isinstance(getattr(self, key), bool), where, key, "true or false", getattr(self, key))
+        require_number(where, "loss_chunk_size", self.loss_chunk_size, low=0, whole=True)
 
     def _validate_steps(self, where: str) -> None:
         require_number(where, "max_steps", self.max_steps, low=0, whole=True)

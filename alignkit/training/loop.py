@@ -124,6 +124,10 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
             masters.push()
         step, tokens_done = state["step"], state["tokens"]
 
+    if cfg.activation_checkpointing:
+        from alignkit.training.memory import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
     train_model = wrap(model)
 
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, config_dict, enabled=rank == 0, start_step=step)
