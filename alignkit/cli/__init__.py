@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not trains and launched():
             # Every copy would do the whole work and write the same files.
-            raise ValueError(f"`alignkit {name}` runs as one process; under torchrun or accelerate "
-                             "launch only the training commands (sft, pref and its shorthands, rm) run")
+            raise ValueError(f"`alignkit {name}` runs as one process; under torchrun or accelerate launch only "
+                             "the training commands (sft, pref and its shorthands, rm, rl and its presets) run")
         with process_group(trains):
             args.func(args)
     except PeerFailed as e:

@@ -6,7 +6,7 @@ import json
 import sys
 
 from alignkit.cli.judge_args import add_judge_args, judge_options
-from alignkit.cli.local_model import CHAT_TEMPLATE_HELP, add_sampling_args, local_backend, sampling_params
+from alignkit.cli.local_model import CHAT_TEMPLATE_HELP, add_sampling_args, model_backend, sampling_params
 
 # evaluation.importers' formats, named here so that building the parser imports no evaluation code
 PREDICTION_FORMATS = ("alignkit", "llmbar", "fastchat-pair", "alpacaeval")
@@ -20,7 +20,7 @@ def cmd_eval_ifeval(a) -> None:
     if a.out:
         check_output_file(a.out, "--out")  # before any model loads and generates
     result, note = run_ifeval(a.prompts, a.out, responses=a.responses,
-                              load_backend=lambda: local_backend(a.model, a.dtype, a.batch_size, a.chat_template),
+                              load_backend=lambda: model_backend(a.model, a.dtype, a.batch_size, a.chat_template),
                               params=sampling_params(a), limit=a.limit, rules=a.rules)
     if note:
         print(f"warning: {note}", file=sys.stderr)
@@ -60,16 +60,13 @@ def cmd_eval_grade(a) -> None:
 
 def cmd_eval_refusal(a) -> None:
     from alignkit.evaluation.refusal import run_refusal_eval
-    from alignkit.generation.specs import BackendOptions, build_backend, parse_backend_spec
     from alignkit.paths import check_output_dir
 
     check_output_dir(a.out, "--out")  # before the model loads and answers every prompt
     judge = judge_options(a) if a.judge else None
 
     def load_backend():
-        if parse_backend_spec(a.model).kind == "local":
-            return local_backend(a.model, a.dtype, a.batch_size, a.chat_template)
-        return build_backend(a.model, BackendOptions(dtype=a.dtype, batch_size=a.batch_size))
+        return model_backend(a.model, a.dtype, a.batch_size, a.chat_template)
 
     run_refusal_eval(a.out, prompts_path=a.prompts, responses=a.responses, load_backend=load_backend,
                      params=sampling_params(a), judge=judge, model=a.model_name or (a.model if a.model else None),
@@ -125,7 +122,7 @@ def add_eval(sub) -> None:
     p = ev.add_parser("ifeval", help="verifiable instruction following (IFEval prompt set)")
     p.add_argument("--prompts", required=True, help="IFEval input_data.jsonl")
     p.add_argument("--responses", help="JSONL of {prompt, response}; omit to generate with --model")
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="embedded", help="'embedded', a folder, 'vllm:<model>' or 'openai:<model>@<url>'")
     p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -171,7 +168,7 @@ def add_eval(sub) -> None:
                                       "risky-looking prompts that should be answered, per category")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="answer the prompts with this model: 'embedded', a folder, "
-                                        "'openai:<model>@<url>'")
+                                        "'vllm:<model>', 'openai:<model>@<url>'")
     source.add_argument("--responses", help="JSONL {prompt|instruction, response|output, id?} answering the prompts")
     p.add_argument("--prompts", help="JSONL {id, category, should_refuse, prompt} (default: the built-in set, "
                                      "80 prompts)")

@@ -2,24 +2,33 @@
 conversation) and `score` (scores for the responses in a file, from a reward model or any reward)."""
 from __future__ import annotations
 
-from alignkit.cli.local_model import CHAT_TEMPLATE_HELP, add_sampling_args, local_backend, sampling_params
+from alignkit.cli.local_model import CHAT_TEMPLATE_HELP, add_sampling_args, model_backend, sampling_params
 
 
 def cmd_generate(a) -> None:
     from alignkit.generation.files import run_generate
+    from alignkit.generation.specs import ThroughputBackend
     from alignkit.paths import check_output_file
 
     # Inputs and output are checked before the model loads, so a mistake costs no load or generation.
     check_output_file(a.out, "--out")
-    n = run_generate(a.prompts, a.out, lambda: local_backend(a.model, a.dtype, a.batch_size, a.chat_template),
-                     sampling_params(a), model_name=a.name or a.model)
-    print(f"wrote {n} responses to {a.out}")
+    counted = []
+
+    def load_backend():
+        counted.append(ThroughputBackend(model_backend(a.model, a.dtype, a.batch_size, a.chat_template)))
+        return counted[0]
+
+    n = run_generate(a.prompts, a.out, load_backend, sampling_params(a), model_name=a.name or a.model)
+    b = counted[0]
+    # Generation alone (model load and files left out): the figure bench/gpu_check.sh reads.
+    print(f"wrote {n} responses to {a.out}; generated {b.tokens} tokens in {b.seconds:.2f}s, "
+          f"{b.tokens_per_s():.1f} tokens/s")
 
 
 def cmd_chat(a) -> None:
     from alignkit.generation.chat_repl import chat_loop
 
-    chat_loop(local_backend(a.model, a.dtype, 1, a.chat_template), sampling_params(a), system=a.system)
+    chat_loop(model_backend(a.model, a.dtype, 1, a.chat_template), sampling_params(a), system=a.system)
 
 
 def cmd_score(a) -> None:
@@ -77,7 +86,8 @@ def _score_with_rewards(a) -> None:
 
 def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="answer a file of prompts (JSONL/JSON/Parquet/CSV) into a JSONL file")
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded', a model folder, a hub id, 'vllm:<model>' or 'openai:<model>@<url>'")
     p.add_argument("--name", help="the model's name in the output rows, and so in task files and tables "
                                   "(default: the --model value)")
     p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
@@ -91,7 +101,8 @@ def add_generate(sub) -> None:
 
 def add_chat(sub) -> None:
     p = sub.add_parser("chat", help="talk to a model in the terminal")
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded', a model folder, a hub id, 'vllm:<model>' or 'openai:<model>@<url>'")
     p.add_argument("--chat-template", default="", help=CHAT_TEMPLATE_HELP)
     p.add_argument("--system", default=None)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])

@@ -1,5 +1,6 @@
-"""Arguments of the commands that generate with a model loaded in this process (generate, chat,
-eval ifeval): the sampling flags, --chat-template, and the backend they describe."""
+"""Arguments of the commands that generate with a model (generate, chat, eval ifeval, eval refusal): the
+sampling flags, --chat-template, and the backend --model names: a model loaded in this process, `vllm:<model>`
+or `openai:<model>@<url>` (`model_backend`)."""
 from __future__ import annotations
 
 import argparse
@@ -34,3 +35,19 @@ def local_backend(model: str, dtype: str, batch_size: int, chat_template: str = 
     tok = use_chat_template(load_tokenizer(model), chat_template, model, option="--chat-template")
     m, _ = load_model(model, dtype=dtype)
     return LocalBackend(m, tok, batch_size=batch_size, model_id=local_model_id(model, dtype))
+
+
+def model_backend(model: str, dtype: str, batch_size: int, chat_template: str = ""):
+    """The backend `--model` names: `local_backend` for a model loaded here, else generation.specs' backend
+    (vLLM, given --chat-template as well; an OpenAI-compatible server, which renders with its own template)."""
+    from alignkit.generation.specs import BackendOptions, build_backend, parse_backend_spec
+    from alignkit.models.loading import chat_template_text
+
+    kind = parse_backend_spec(model).kind
+    if kind == "local":
+        return local_backend(model, dtype, batch_size, chat_template)
+    if chat_template and kind == "openai":
+        raise ValueError(f"--chat-template: {model} is a server, which renders conversations with its own chat "
+                         "template; leave --chat-template out")
+    text = chat_template_text(chat_template, option="--chat-template") if chat_template else ""
+    return build_backend(model, BackendOptions(dtype=dtype, batch_size=batch_size, chat_template=text))

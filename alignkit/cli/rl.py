@@ -1,12 +1,12 @@
 """The online RL commands: `rl` and its presets `grpo`, `rloo`, `reinforce`, `ppo` (= `rl algo=...`).
 
 Like the other training commands they read a YAML config and key=value overrides, train, and say where
-the final model went; `--help` lists every config key. They run as one process: the rollout source does
-not yet split its sampling across processes, so under torchrun they are refused like other commands.
+the final model went; `--help` lists every config key. Under torchrun or accelerate launch they train as one
+run, each process sampling its share of every step's prompts (rl/rollout.py).
 """
 from __future__ import annotations
 
-PRESETS = ("grpo", "rloo", "reinforce", "ppo")
+PRESETS = ("grpo", "rloo", "reinforce", "ppo")  # = rl.objective.ALGORITHMS, which cli/train.py checks by
 
 
 def cmd_rl(a, preset: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""`alignkit serve`: a local model behind an OpenAI-compatible HTTP API."""
+"""`alignkit serve`: a local model or vLLM behind an OpenAI-compatible HTTP API, streaming included."""
 from __future__ import annotations
 
 
@@ -14,9 +14,11 @@ def cmd_serve(a) -> None:
 
 
 def add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="serve a local model as an OpenAI-compatible API (/v1/chat/completions, "
-                                     "/v1/completions, /v1/models)")
-    p.add_argument("--model", default="embedded", help="embedded, a model folder, a .gguf file or a hub id")
+    p = sub.add_parser("serve", help="serve a local model or vllm:<model> as an OpenAI-compatible API "
+                                     "(/v1/chat/completions, /v1/completions, /v1/models; stream: true streams "
+                                     "server-sent events)")
+    p.add_argument("--model", default="embedded",
+                   help="embedded, a model folder, a .gguf file, a hub id, or vllm:<any of these> (needs vLLM and a GPU)")
     p.add_argument("--name", help="model name clients send (default: the --model value)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; any but loopback needs an API key or --insecure-no-api-key")

@@ -13,10 +13,12 @@ KEYS_HEADING = "config keys (YAML or key=value):\n"
 
 
 def trains(command: str) -> bool:
-    """sft, pref (and its shorthands) and rm: the commands that train as one run under torchrun."""
+    """sft, pref (and its shorthands), rm, and rl (and its presets): the commands that train as one run under
+    torchrun."""
+    from alignkit.rl.objective import ALGORITHMS  # the rl presets are its algorithms
     from alignkit.training.preference import SHORTHANDS
 
-    return command in ("sft", "pref", "rm", *SHORTHANDS)
+    return command in ("sft", "pref", "rm", "rl", *SHORTHANDS, *ALGORITHMS)
 
 
 def _train(config_cls, run, a, overrides) -> None:

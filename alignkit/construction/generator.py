@@ -76,10 +76,24 @@ def open_generator(config: GeneratorConfig, cache_path: str, backend: Backend | 
     (`.close()`) when done."""
     from alignkit.generation.cache import CachedBackend
 
-    built = backend if backend is not None else build_backend(config.model, config.options())
+    built = backend if backend is not None else _backend(config)
     # An HTTP server answers `concurrency` requests at once; a local model or vLLM a batch of batch_size.
     in_flight = config.concurrency if parse_backend_spec(config.model).kind == "openai" else config.batch_size
     return InFlightChunks(CachedBackend(built, cache_path), in_flight)
+
+
+# vLLM engines opened here, by spec and dtype. Each takes most of the GPU's memory as it starts, so a job that
+# samples and judges with the same vllm: model (data label) shares one engine instead of failing at the second.
+_VLLM_ENGINES: dict[tuple[str, str], Backend] = {}
+
+
+def _backend(config: GeneratorConfig) -> Backend:
+    if parse_backend_spec(config.model).kind != "vllm":
+        return build_backend(config.model, config.options())
+    key = (config.model.strip(), config.dtype)
+    if key not in _VLLM_ENGINES:
+        _VLLM_ENGINES[key] = build_backend(config.model, config.options())
+    return _VLLM_ENGINES[key]
 
 
 class InFlightChunks:

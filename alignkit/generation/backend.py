@@ -6,7 +6,7 @@ Local transformers models, OpenAI-compatible HTTP endpoints and vLLM all sit beh
 from __future__ import annotations
 
 from dataclasses import dataclass, asdict
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -75,6 +75,41 @@ class Backend(Protocol):
 
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
         """Raw text continuation (no chat template)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of one sample's text as it is generated: sample `sample` of prompt `prompt`.
+
+    A sample's deltas arrive in order, and joined they are exactly the text its non-streamed
+    `Completion` would hold. Its last delta carries `finish_reason` ("stop" | "length" | "error",
+    with `error` then saying why), `prompt_tokens` and `completion_tokens`; that delta may carry
+    text too, which comes before the finish.
+    """
+    prompt: int
+    sample: int
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class StreamingBackend(Backend, Protocol):
+    """A backend that can hand out text while it generates (optional; the server streams any other
+    backend as one delta per sample, sent when the whole completion is ready).
+
+    Both methods take what `chat` / `complete` take and yield `StreamDelta`s, every sample of every
+    prompt ending with one finishing delta. Invalid input raises ValueError by the first delta at the
+    latest. Closing the iterator early (a client went away) stops the generation. Deltas carry text
+    only: `params.logprobs` and `params.return_tokens` are refused.
+    """
+
+    def stream_chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> Iterator[StreamDelta]:
+        ...
+
+    def stream_complete(self, prompts: Sequence[str], params: SamplingParams) -> Iterator[StreamDelta]:
         ...
 
 

@@ -17,13 +17,24 @@ the others are the `params.logprobs` most likely tokens. With `params.return_tok
 also carries every generated token id and, in `logprobs`, each one's log-probability under the
 distribution it was drawn from (after temperature and top-k/top-p; the raw one when greedy), as
 `Completion` defines them.
+
+`stream_chat` / `stream_complete` hand out text while `model.generate` runs (in a helper thread,
+its tokens passed through a transformers streamer, `_TokenQueue`). Each row's text is decoded whole
+at every step and only the part that cannot change any more is sent (`streamable_text`): nothing
+from a stop string on, no tail that could still become one, no character whose UTF-8 bytes have
+not all arrived. The last delta is the rest of the very text the non-streamed call returns, so the
+deltas join to exactly that text. Decoding the whole text each step makes the decoding work
+quadratic in the answer's length (not measured for long answers); it buys exactness, since a
+token's text alone can differ from its share of the whole text.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import hashlib
+import queue
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -31,12 +42,13 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 
 from alignkit.data.chat import tokenize_prompt
-from alignkit.generation.backend import (Backend, Completion, Message, SamplingParams, check_conversation,
-                                         check_sampling_params)
+from alignkit.generation.backend import (Backend, Completion, Message, SamplingParams, StreamDelta,
+                                         check_conversation, check_sampling_params)
 from alignkit.models.prompt_cache import shared_prompt_cache
 
 Prompt = str | list[Message]
@@ -192,10 +204,92 @@ def _find_stop(text: str, stop: Sequence[str]) -> int | None:
     return min(found) if found else None
 
 
+def streamable_text(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """(the part of a growing `text` that no later token can change, whether a stop string ended it).
+
+    Cut before the first stop string when there is one. Otherwise held back: a tail that is the
+    start of a stop string (the next token may complete it, and then it must never have been
+    sent), and trailing U+FFFD, which is how a character whose UTF-8 bytes are split across tokens
+    decodes until its last byte arrives.
+    """
+    cut = _find_stop(text, stop)
+    if cut is not None:
+        return text[:cut], True
+    hold = 0
+    for s in stop:
+        for length in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:length]):
+                hold = length
+                break
+    return text[:len(text) - hold].rstrip("\ufffd"), False
+
+
+class _IncrementalText:
+    """One row's text as its tokens arrive, handed out in pieces that are never taken back."""
+
+    def __init__(self, decode, stop_ids: set[int], stop: Sequence[str]):
+        self.decode, self.stop_ids, self.stop = decode, stop_ids, tuple(stop)
+        self.ids: list[int] = []
+        self.sent = ""
+        self.ended = False  # after a stop token or stop string; the padding that follows is ignored
+
+    def add(self, token_id: int) -> str:
+        """The text that can be sent now that `token_id` came ("" when none)."""
+        if self.ended:
+            return ""
+        if token_id in self.stop_ids:
+            self.ended = True
+            return ""
+        self.ids.append(token_id)
+        # The whole text is decoded, not the new token alone: a token's text can depend on its
+        # neighbours (merged bytes, spaces a decoder adds or drops).
+        text, self.ended = streamable_text(self.decode(self.ids), self.stop)
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""  # a decoding that rewrote earlier text: wait for the final one
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+    def rest(self, final: str) -> str:
+        """What remains to be sent of `final`, the row's finished text."""
+        if not final.startswith(self.sent):
+            raise RuntimeError(f"streamed text {self.sent[-40:]!r} is not the start of the final text "
+                               f"{final[:len(self.sent) + 40]!r}; the tokenizer's decoding is not incremental")
+        piece, self.sent = final[len(self.sent):], final
+        return piece
+
+
+class _TokenQueue(BaseStreamer):
+    """The transformers streamer: passes each step's new tokens (one per row) to the reading thread."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate first hands over the prompt itself
+            self._prompt_seen = True
+            return
+        self.queue.put(("tokens", value.reshape(-1).tolist()))
+
+    def end(self) -> None:
+        pass  # the generating thread reports the end itself, with the outputs
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends every row once `event` is set: a streamed client went away."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class LocalBackend:
     """A transformers causal LM behind the `Backend` interface.
 
-    Not thread-safe: call it from one thread (the server's batcher does).
+    Not thread-safe: call it from one thread (the server's batcher does). An open stream counts as a
+    call: its generation runs in a helper thread until the iterator is exhausted or closed.
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, model_id: str | None = None,
@@ -230,6 +324,21 @@ class LocalBackend:
         return self._generate([self._chat_ids(c, i) for i, c in enumerate(conversations)], params)
 
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        return self._generate(self._complete_ids(prompts), params)
+
+    def stream_chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> Iterator[StreamDelta]:
+        """`chat`, handed out as the tokens come (see `StreamingBackend`); input is checked before this returns."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {self.model_id} has no chat template; use complete() for raw text")
+        return self._stream([self._chat_ids(c, i) for i, c in enumerate(conversations)], params)
+
+    def stream_complete(self, prompts: Sequence[str], params: SamplingParams) -> Iterator[StreamDelta]:
+        """`complete`, handed out as the tokens come; input is checked before this returns."""
+        return self._stream(self._complete_ids(prompts), params)
+
+    # ----- prompts -----
+
+    def _complete_ids(self, prompts: Sequence[str]) -> list[list[int]]:
         prompt_ids = []
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
@@ -241,9 +350,7 @@ class LocalBackend:
             if bos is not None and ids[:2] == [bos, bos]:
                 ids = ids[1:]
             prompt_ids.append(ids)
-        return self._generate(prompt_ids, params)
-
-    # ----- prompts -----
+        return prompt_ids
 
     def _chat_ids(self, conversation: list[Message], index: int) -> list[int]:
         check_conversation(conversation, index)
@@ -300,7 +407,9 @@ class LocalBackend:
         return [[Completion(**dataclasses.asdict(done[(i, j if sampling else 0)])) for j in range(params.n)]
                 for i in range(len(prompt_ids))]
 
-    def _generate_batch(self, rows: list[_Row], params: SamplingParams, stop_ids: set[int]) -> list[_RowOutput]:
+    def _generate_batch(self, rows: list[_Row], params: SamplingParams, stop_ids: set[int], *,
+                        streamer: BaseStreamer | None = None,
+                        cancel: threading.Event | None = None) -> list[_RowOutput]:
         width = max(len(row.prompt_ids) for row in rows)
         input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -310,6 +419,7 @@ class LocalBackend:
 
         stop_list = sorted(stop_ids)
         tracker = _EndTracker(width, torch.tensor(stop_list, device=self.device), params.stop, self._decode)
+        stopping = StoppingCriteriaList([tracker] + ([_Cancelled(cancel)] if cancel is not None else []))
         processors = LogitsProcessorList()
         recorder = drawn = None
         if params.logprobs is not None:
@@ -332,7 +442,7 @@ class LocalBackend:
             max_new_tokens=params.max_tokens, do_sample=False, num_beams=1,
             repetition_penalty=1.0, no_repeat_ngram_size=0,
             pad_token_id=self._pad_id, eos_token_id=stop_list,
-            logits_processor=processors, stopping_criteria=StoppingCriteriaList([tracker]),
+            logits_processor=processors, stopping_criteria=stopping, streamer=streamer,
             **({"past_key_values": shared} if shared is not None else {}))
         generated = sequences[:, width:]
         ended_at = tracker.ended_at.tolist() if tracker.ended_at is not None else [-1] * len(rows)
@@ -347,6 +457,71 @@ class LocalBackend:
                 top_logprobs=top[r][:end] if top is not None else None,
                 drawn_logprobs=drawn_logprobs[r][:end] if drawn_logprobs is not None else None))
         return outputs
+
+    def _stream(self, prompt_ids: list[list[int]], params: SamplingParams) -> Iterator[StreamDelta]:
+        check_sampling_params(params)
+        if params.logprobs is not None or params.return_tokens:
+            raise ValueError("streamed deltas carry text only: SamplingParams.logprobs must be None and "
+                             "return_tokens False")
+        overlong = self._overlong_prompts(prompt_ids, params.max_tokens)
+        return self._stream_rows(prompt_ids, params, overlong)
+
+    def _stream_rows(self, prompt_ids: list[list[int]], params: SamplingParams,
+                     overlong: dict[int, str]) -> Iterator[StreamDelta]:
+        for i, why in overlong.items():
+            for j in range(params.n):
+                yield StreamDelta(i, j, finish_reason="error", prompt_tokens=len(prompt_ids[i]), error=why)
+        # The rows, seeds and batches of _generate, so that a streamed sample is the non-streamed one.
+        sampling = params.temperature > 0
+        rows = [_Row(i, j, ids, _row_seed(params.seed, ids, j))
+                for i, ids in enumerate(prompt_ids) if i not in overlong for j in range(params.n if sampling else 1)]
+        rows.sort(key=lambda row: len(row.prompt_ids), reverse=True)
+        stop_ids = self._stop_token_ids(params.stop)
+        for start in range(0, len(rows), self.batch_size):
+            yield from self._stream_batch(rows[start:start + self.batch_size], params, stop_ids,
+                                          1 if sampling else params.n)
+
+    def _stream_batch(self, rows: list[_Row], params: SamplingParams, stop_ids: set[int],
+                      copies: int) -> Iterator[StreamDelta]:
+        """Deltas of one batch while `generate` runs in a helper thread; `copies`: greedy rows stand for all
+        n samples of their prompt. Closing the iterator ends the generation at its next step."""
+        streamer, cancel = _TokenQueue(), threading.Event()
+        texts = [_IncrementalText(self._decode, stop_ids, params.stop) for _ in rows]
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode(), _eval_mode(self.model):  # inference mode is per thread
+                    outputs = self._generate_batch(rows, params, stop_ids, streamer=streamer, cancel=cancel)
+                streamer.queue.put(("done", outputs))
+            except BaseException as error:  # noqa: BLE001 - raised again in the reading thread
+                streamer.queue.put(("failed", error))
+
+        def samples(row: _Row) -> range:
+            return range(row.sample_index, row.sample_index + 1) if copies == 1 else range(copies)
+
+        thread = threading.Thread(target=generate, name="alignkit-stream", daemon=True)
+        thread.start()
+        try:
+            while True:
+                kind, value = streamer.queue.get()
+                if kind == "failed":
+                    raise value
+                if kind == "tokens":
+                    for row, text, token_id in zip(rows, texts, value):
+                        piece = text.add(token_id)
+                        for j in samples(row) if piece else ():
+                            yield StreamDelta(row.prompt_index, j, piece)
+                    continue
+                for row, text, output in zip(rows, texts, value, strict=True):
+                    final = self._to_completion(row, output, params, stop_ids)
+                    rest = text.rest(final.text)
+                    for j in samples(row):
+                        yield StreamDelta(row.prompt_index, j, rest, final.finish_reason, final.prompt_tokens,
+                                          final.completion_tokens)
+                return
+        finally:
+            cancel.set()
+            thread.join()
 
     def _shared_prompt_cache(self, rows: list[_Row], input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """When rows repeat a prompt (n samples of it), the KV cache of the batch's prompts but their last

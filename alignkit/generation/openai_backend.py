@@ -12,6 +12,12 @@ With `params.return_tokens` (best effort; a server that sends less leaves the fi
 `return_tokens_as_token_ids`); OpenAI itself sends neither. `logprobs` are the server's reported
 log-probs of the sampled tokens, filled only where those are what `Completion.logprobs` means
 (`samples_from_model_distribution`: greedy, or temperature 1 without top-k/top-p).
+
+`stream_chat` / `stream_complete` ask the server with `stream=True` (and
+`stream_options={"include_usage": True}` for the token counts) and pass each text delta on as it
+arrives, one prompt after another. Retries happen only before the first chunk: once text has been
+handed out, a failure ends the unfinished samples with finish_reason "error", never a silently
+shorter answer. The finishing deltas come after the stream's last chunk, which carries the usage.
 """
 from __future__ import annotations
 
@@ -22,11 +28,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import httpx
 import openai
 
-from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
+from alignkit.generation.backend import (Completion, Message, SamplingParams, StreamDelta, check_conversation,
                                          check_sampling_params, samples_from_model_distribution)
 
 _RETRYABLE_STATUS = {408, 409, 429}
@@ -156,6 +163,25 @@ class OpenAIBackend:
                                        params, self._parse_completion)
              for p in prompts])
 
+    def stream_chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> Iterator[StreamDelta]:
+        """`chat` with the server's streaming (see the module docstring); input is checked before this returns."""
+        self._check_streamable(params)
+        for index, conversation in enumerate(conversations):
+            check_conversation(conversation, index)
+        request = self._common_fields(params)
+        return self._stream_all(self._client.chat.completions.create,
+                                [{**request, "messages": c} for c in conversations], params, chat=True)
+
+    def stream_complete(self, prompts: Sequence[str], params: SamplingParams) -> Iterator[StreamDelta]:
+        """`complete` with the server's streaming; input is checked before this returns."""
+        self._check_streamable(params)
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {index}: expected a string, got {type(prompt).__name__}")
+        request = self._common_fields(params)
+        return self._stream_all(self._client.completions.create, [{**request, "prompt": p} for p in prompts],
+                                params, chat=False)
+
     # ----- requests -----
 
     def _common_fields(self, params: SamplingParams) -> dict[str, Any]:
@@ -180,28 +206,100 @@ class OpenAIBackend:
 
     def _request(self, create: Callable[..., Any], request: dict[str, Any], params: SamplingParams,
                  parse: Callable[[Any, SamplingParams], list[Completion]]) -> list[Completion]:
+        def call():
+            with self._slots:
+                return create(**request)
+
+        response, failure = self._with_retries(call)
+        if failure is not None:
+            self._count(failures=1)
+            return _error_completions(params.n, failure)
+        if response.usage is not None:
+            self._count(prompt_tokens=response.usage.prompt_tokens,
+                        completion_tokens=response.usage.completion_tokens)
+        completions = parse(response, params)
+        if any(c.finish_reason == "error" for c in completions):
+            self._count(failures=1)
+        return completions
+
+    def _with_retries(self, call: Callable[[], Any]) -> tuple[Any, str | None]:
+        """(call's result, None), or (None, why) once it failed for good: a retryable error (429, 5xx, a
+        timeout) waits with backoff and tries again, up to max_retries times."""
         for attempt in range(self.max_retries + 1):
             self._count(requests=1)
             try:
-                with self._slots:
-                    response = create(**request)
+                return call(), None
             except openai.OpenAIError as error:
                 retryable = _is_retryable(error)
                 if retryable and attempt < self.max_retries:
                     self._count(retries=1)
                     time.sleep(self._backoff(attempt, error))
                     continue
-                self._count(failures=1)
                 tries = f" after {attempt + 1} attempts" if retryable else ""
-                return _error_completions(params.n, f"{type(error).__name__}{tries}: {error}")
-            if response.usage is not None:
-                self._count(prompt_tokens=response.usage.prompt_tokens,
-                            completion_tokens=response.usage.completion_tokens)
-            completions = parse(response, params)
-            if any(c.finish_reason == "error" for c in completions):
-                self._count(failures=1)
-            return completions
+                return None, f"{type(error).__name__}{tries}: {error}"
         raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    @staticmethod
+    def _check_streamable(params: SamplingParams) -> None:
+        check_sampling_params(params)
+        if params.logprobs is not None or params.return_tokens:
+            raise ValueError("streamed deltas carry text only: SamplingParams.logprobs must be None and "
+                             "return_tokens False")
+
+    def _stream_all(self, create: Callable[..., Any], requests: list[dict[str, Any]], params: SamplingParams, *,
+                    chat: bool) -> Iterator[StreamDelta]:
+        for index, request in enumerate(requests):
+            yield from self._stream_one(index, create, request, params, chat)
+
+    def _open_stream(self, create: Callable[..., Any], request: dict[str, Any]) -> tuple[Any, str | None]:
+        """(the open stream, None), or (None, why) once retries are spent. `create` returns once the response
+        headers are in; the body streams after, so only the opening is retried."""
+        return self._with_retries(lambda: create(**request))
+
+    def _stream_one(self, prompt: int, create: Callable[..., Any], request: dict[str, Any], params: SamplingParams,
+                    chat: bool) -> Iterator[StreamDelta]:
+        request = {**request, "stream": True, "stream_options": {"include_usage": True}}
+        with self._slots:  # a streamed request is in flight until its last chunk
+            stream, failure = self._open_stream(create, request)
+            if stream is None:
+                self._count(failures=1)
+                for sample in range(params.n):
+                    yield StreamDelta(prompt, sample, finish_reason="error", error=failure)
+                return
+            reasons: dict[int, str] = {}
+            usage = None
+            try:
+                for chunk in stream:
+                    if getattr(chunk, "usage", None) is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices or ():
+                        if not 0 <= choice.index < params.n:
+                            continue
+                        text = (choice.delta.content if chat else choice.text) or ""
+                        if text:
+                            yield StreamDelta(prompt, choice.index, text)
+                        if choice.finish_reason is not None:
+                            reasons[choice.index] = choice.finish_reason
+            except (openai.OpenAIError, httpx.HTTPError) as error:
+                failure = f"the stream broke off: {type(error).__name__}: {error}"
+            finally:
+                stream.close()
+        if usage is not None:
+            self._count(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        failed = False
+        for sample in range(params.n):
+            if sample in reasons:
+                finish_reason, error = _finish(reasons[sample])
+            else:
+                finish_reason = "error"
+                error = failure or f"the stream ended without a finish_reason for choice {sample}"
+            failed |= finish_reason == "error"
+            yield StreamDelta(prompt, sample, finish_reason=finish_reason,
+                              prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+                              completion_tokens=_split(usage.completion_tokens, params.n, sample) if usage else 0,
+                              error=error)
+        if failed:
+            self._count(failures=1)
 
     def _backoff(self, attempt: int, error: openai.OpenAIError) -> float:
         delay = min(self.backoff_max, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)

@@ -7,10 +7,12 @@
 
 `open_backend` also wraps the result in the SQLite `CachedBackend` when given a cache path, and
 `ProgressBackend` shows a progress bar of prompts answered, since a judge run can take minutes.
+`ThroughputBackend` counts what a backend generated and how long its calls took (`generate`'s tokens/s).
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -39,6 +41,7 @@ class BackendOptions:
     batch_size: int = 8  # prompts per forward pass (local)
     device: str | None = None  # local: "cuda", "cpu", ...; None keeps where the model loads
     overlong: str = "raise"  # local: a prompt too long for the context raises, or ("error") comes back as an error
+    chat_template: str = ""  # Jinja text replacing the tokenizer's template (local, vllm); "" keeps the model's own
 
 
 def parse_backend_spec(spec: str) -> BackendSpec:
@@ -69,6 +72,10 @@ def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Back
     if parsed.kind == "openai":
         from alignkit.generation.openai_backend import OpenAIBackend
 
+        if options.chat_template:
+            raise ValueError(f"{spec}: an OpenAI-compatible server renders conversations with its own chat "
+                             "template; a template cannot be given to it from here")
+
         base_url = parsed.base_url or options.base_url or os.environ.get("OPENAI_BASE_URL")
         return OpenAIBackend(base_url=base_url, api_key=os.environ.get(options.api_key_env), model=parsed.model,
                              max_concurrency=options.max_concurrency, timeout=options.timeout,
@@ -79,6 +86,8 @@ def build_backend(spec: str, options: BackendOptions = BackendOptions()) -> Back
     from alignkit.models.loading import load_model
 
     model, tokenizer = load_model(parsed.model, dtype=options.dtype)
+    if options.chat_template:
+        tokenizer.chat_template = options.chat_template
     return LocalBackend(model, tokenizer, batch_size=options.batch_size,
                         model_id=local_model_id(parsed.model, options.dtype), device=options.device,
                         overlong=options.overlong)
@@ -95,7 +104,8 @@ def _vllm_backend(spec: str, options: BackendOptions) -> Backend:
                          "merged (alignkit's final models are) and point vllm: at that folder")
     # vLLM's kernels answer a little differently from transformers': its own cache id.
     model_id = "vllm:" + local_model_id(spec, options.dtype)
-    return VLLMBackend(where, model_id=model_id, dtype="bfloat16" if options.dtype == "bf16" else "auto")
+    return VLLMBackend(where, model_id=model_id, dtype="bfloat16" if options.dtype == "bf16" else "auto",
+                       chat_template=options.chat_template or None)
 
 
 class ProgressBackend:
@@ -118,6 +128,34 @@ class ProgressBackend:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class ThroughputBackend:
+    """Counts the completions and completion tokens a backend returns and the seconds its calls take, so a
+    command can report generation tokens/s apart from loading the model and reading or writing files."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.model_id = backend.model_id
+        self.completions = self.tokens = 0
+        self.seconds = 0.0
+
+    def _timed(self, call, inputs, params: SamplingParams) -> list[list[Completion]]:
+        started = time.perf_counter()
+        results = call(inputs, params)
+        self.seconds += time.perf_counter() - started
+        self.completions += sum(len(outs) for outs in results)
+        self.tokens += sum(c.completion_tokens for outs in results for c in outs)
+        return results
+
+    def chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
+        return self._timed(self.backend.chat, conversations, params)
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
+        return self._timed(self.backend.complete, prompts, params)
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 def open_backend(spec: str, options: BackendOptions = BackendOptions(), *, cache: str | os.PathLike | None = None,

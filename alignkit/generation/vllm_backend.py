@@ -17,14 +17,25 @@ are filled for every setting.
 Online RL samples through `complete_ids` (prompts as token ids, so the trainer scores exactly what was
 sampled from, one seed per sample as LocalBackend derives them) and updates the engine in place with
 `push_weights`, which needs the engine in this process (see ENGINE_NOT_IN_PROCESS).
+
+Streaming (`stream_chat`, `stream_complete`): `vllm.LLM.generate` returns only finished outputs, so
+the requests go to the engine under it instead (`llm.llm_engine`: `add_request`, then `step()`
+until they finish, the loop vLLM documents for its LLMEngine), whose outputs hold each sample's text
+so far (the default cumulative output kind); the new part of it is handed out each step. Text that
+a stop string may still claim is held back (as LocalBackend does), the last delta is the rest of
+vLLM's final text, and closing the iterator aborts the requests. Chat prompts are rendered here
+with vLLM's tokenizer and its template (or `chat_template`), and encoded with BOS once, as
+`llm.chat` renders them. Not run against a real vLLM in this project's tests (no GPU): they use a
+stand-in engine with that API.
 """
 from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from alignkit.generation.backend import (Completion, Message, SamplingParams, check_conversation,
+from alignkit.generation.backend import (Completion, Message, SamplingParams, StreamDelta, check_conversation,
                                          check_sampling_params, samples_from_model_distribution)
 
 if TYPE_CHECKING:
@@ -57,11 +68,13 @@ def vllm_installed() -> bool:
 
 
 class VLLMBackend:
-    """`Backend` over `vllm.LLM`; extra keyword arguments go to `vllm.LLM` unchanged."""
+    """`Backend` over `vllm.LLM`; extra keyword arguments go to `vllm.LLM` unchanged. `chat_template` (Jinja
+    text) replaces the tokenizer's own in `chat`."""
 
     def __init__(self, model_path: str, *, model_id: str | None = None, tokenizer: str | None = None,
                  dtype: str = "auto", tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, use_tqdm: bool = False, **engine_options: Any):
+                 max_model_len: int | None = None, use_tqdm: bool = False, chat_template: str | None = None,
+                 **engine_options: Any):
         vllm = import_vllm()
         self._sampling_params_class = vllm.SamplingParams
         # The sampled tokens' log-probs are those of the distribution drawn from, whatever the settings.
@@ -72,13 +85,15 @@ class VLLMBackend:
                             **engine_options)
         self.model_id = model_id or model_path
         self.use_tqdm = use_tqdm
+        self.chat_template = chat_template or None
 
     def chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[list[Completion]]:
         for index, conversation in enumerate(conversations):
             check_conversation(conversation, index)
         # vLLM renders the template and tokenizes it without adding a second BOS.
+        template = {"chat_template": self.chat_template} if self.chat_template else {}
         outputs = self.llm.chat(list(conversations), self._vllm_params(params), use_tqdm=self.use_tqdm,
-                                add_generation_prompt=True)
+                                add_generation_prompt=True, **template)
         return [self._completions(output, params) for output in outputs]
 
     def complete(self, prompts: Sequence[str], params: SamplingParams) -> list[list[Completion]]:
@@ -87,6 +102,78 @@ class VLLMBackend:
                 raise ValueError(f"prompt {index}: expected a string, got {type(prompt).__name__}")
         outputs = self.llm.generate(list(prompts), self._vllm_params(params), use_tqdm=self.use_tqdm)
         return [self._completions(output, params) for output in outputs]
+
+    def stream_chat(self, conversations: Sequence[list[Message]], params: SamplingParams) -> Iterator[StreamDelta]:
+        """`chat`, handed out step by step (see the module docstring); input is checked before this returns."""
+        from alignkit.data.chat import encode_text
+
+        for index, conversation in enumerate(conversations):
+            check_conversation(conversation, index)
+        tokenizer = self.llm.get_tokenizer()
+        template = {"chat_template": self.chat_template} if self.chat_template else {}
+        prompts = [{"prompt_token_ids": encode_text(tokenizer, tokenizer.apply_chat_template(
+                        c, tokenize=False, add_generation_prompt=True, **template))} for c in conversations]
+        return self._stream(prompts, params)
+
+    def stream_complete(self, prompts: Sequence[str], params: SamplingParams) -> Iterator[StreamDelta]:
+        """`complete`, handed out step by step; input is checked before this returns."""
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt {index}: expected a string, got {type(prompt).__name__}")
+        return self._stream(list(prompts), params)
+
+    def _stream(self, prompts: list, params: SamplingParams) -> Iterator[StreamDelta]:
+        if params.logprobs is not None or params.return_tokens:
+            raise ValueError("streamed deltas carry text only: SamplingParams.logprobs must be None and "
+                             "return_tokens False")
+        return self._stream_requests(prompts, self._vllm_params(params), params)
+
+    def _stream_requests(self, prompts: list, vllm_params, params: SamplingParams) -> Iterator[StreamDelta]:
+        from alignkit.generation.local import streamable_text
+
+        engine = self.llm.llm_engine
+        request_ids = [f"alignkit-stream-{uuid.uuid4().hex}" for _ in prompts]
+        prompt_of = {request_id: i for i, request_id in enumerate(request_ids)}
+        sent: dict[tuple[int, int], str] = {}
+        finished: set[tuple[int, int]] = set()
+        expected = len(prompts) * params.n
+        try:
+            for request_id, prompt in zip(request_ids, prompts):
+                engine.add_request(request_id, prompt, vllm_params)
+            while len(finished) < expected and engine.has_unfinished_requests():
+                for output in engine.step():
+                    i = prompt_of.get(output.request_id)
+                    if i is None:
+                        continue
+                    for sample in output.outputs:
+                        key = (i, sample.index)
+                        if key in finished or not 0 <= sample.index < params.n:
+                            continue
+                        before = sent.get(key, "")
+                        if sample.finish_reason is None:
+                            text, _ = streamable_text(sample.text, params.stop)
+                            if len(text) > len(before) and text.startswith(before):
+                                sent[key] = text
+                                yield StreamDelta(i, sample.index, text[len(before):])
+                            continue
+                        if not sample.text.startswith(before):
+                            raise RuntimeError(f"vLLM's final text for prompt {i}, sample {sample.index} does not "
+                                               f"start with the text already streamed ({before[-40:]!r})")
+                        finished.add(key)
+                        finish_reason, error = sample.finish_reason, None
+                        if finish_reason not in ("stop", "length"):
+                            finish_reason, error = "error", f"vLLM ended the sample with finish_reason={sample.finish_reason!r}"
+                        yield StreamDelta(i, sample.index, sample.text[len(before):], finish_reason,
+                                          len(output.prompt_token_ids or []), len(sample.token_ids), error)
+            for i in range(len(prompts)):
+                for j in range(params.n):
+                    if (i, j) not in finished:
+                        yield StreamDelta(i, j, finish_reason="error",
+                                          error="vLLM's engine ran out of requests before this sample finished")
+        finally:
+            unfinished = [r for r, i in prompt_of.items() if any((i, j) not in finished for j in range(params.n))]
+            if unfinished:
+                engine.abort_request(unfinished)
 
     def complete_ids(self, prompt_ids: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
         """Continuations of prompts given as token ids, generated from exactly those ids (no template or

@@ -203,12 +203,17 @@ def _adapter_base(folder: str) -> str:
     return base
 
 
-def load_model(spec: str | None = None, *, dtype: str = "fp32", attn_implementation: str = "sdpa"):
-    """Load (model, tokenizer). `dtype` is fp32 or bf16 for the weights."""
+def load_model(spec: str | None = None, *, dtype: str = "fp32", attn_implementation: str = "sdpa",
+               quantization=None):
+    """Load (model, tokenizer). `dtype` is fp32 or bf16 for the weights; `quantization` (a
+    quantization.FourBit, from ModelConfig.quantization_settings()) loads the base in 4 bits."""
     from transformers import AutoModelForCausalLM
 
     kind, where = resolve_spec(spec)
     try:
+        if quantization is not None:
+            return _load_quantized(spec, kind, where, dtype=dtype, attn_implementation=attn_implementation,
+                                   quantization=quantization)
         if kind == "gguf":
             model, tok = _load_gguf(Path(where))
             model = model.to(torch_dtype(dtype))
@@ -229,3 +234,39 @@ def load_model(spec: str | None = None, *, dtype: str = "fp32", attn_implementat
             raise _hub_miss(spec, e) from e
         raise ModelLoadError(f"could not load model {spec!r} ({kind}): {e}") from e
     return model, load_tokenizer(spec if kind != "embedded" else where)
+
+
+def _load_quantized(spec, kind: str, where: str, *, dtype: str, attn_implementation: str, quantization):
+    """The model with its linear layers in 4 bits (bitsandbytes), the rest in `dtype`.
+
+    Folders and hub ids are quantized as transformers loads them. transformers refuses a quantization
+    config with a GGUF file, and a peft adapter must be merged into its base before the base is
+    quantized; both go through a full-precision copy written to a temporary folder and loaded back."""
+    import tempfile
+
+    from alignkit.models.quantization import LOAD_DEVICE, keep_training_layout  # first: quiets a bitsandbytes notice
+    from transformers import AutoModelForCausalLM
+
+    def quantized(folder: str):
+        # On the CPU, where every alignkit model loads and trains (batches are not moved to another device);
+        # left alone, transformers would put a 4-bit model on the first CUDA GPU.
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype(dtype),
+                                                     attn_implementation=attn_implementation,
+                                                     quantization_config=quantization.bnb_config(),
+                                                     device_map={"": LOAD_DEVICE})
+        keep_training_layout(model)
+        return model
+
+    if kind in ("embedded", "local", "hub"):
+        return quantized(where), load_tokenizer(spec if kind != "embedded" else where)
+    full, tok = load_model(spec, dtype=dtype, attn_implementation=attn_implementation)
+    if kind == "adapter":
+        full = full.merge_and_unload()
+    cache_dir().mkdir(parents=True, exist_ok=True)  # beside the model cache: /tmp may be too small
+    with tempfile.TemporaryDirectory(prefix="quantize-", dir=cache_dir()) as folder:
+        full.save_pretrained(folder, safe_serialization=True)
+        del full  # the full-precision copy is not kept while the 4-bit one loads
+        model = quantized(folder)
+    # Adapters saved from this model name their base by this path: the source, not the temporary folder.
+    model.name_or_path = model.config.name_or_path = os.path.expanduser(str(spec))
+    return model, tok

@@ -36,13 +36,24 @@ def find_target_modules(model) -> list[str]:
     return sorted(names)
 
 
-def apply_lora(model, cfg: LoraConfig):
+def apply_lora(model, cfg: LoraConfig, *, seed: int | None = None):
+    """`model` with fresh LoRA adapters. With `seed` (the run's train.seed) the adapters' random init depends
+    on it alone, not on what drew from the global generator before, so a run started by one process or by
+    torchrun begins from the same adapters; the global generator is left as it was."""
+    # Before peft: importing peft imports bitsandbytes, whose CPU notice quantization.py filters out.
+    from alignkit.models.quantization import is_quantized, prepare_for_training
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
+    if is_quantized(model):  # QLoRA: a bitsandbytes 4-bit base (model.quantization=4bit)
+        model = prepare_for_training(model)
     targets = cfg.target_modules or find_target_modules(model)
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    if seed is None:
+        return get_peft_model(model, peft_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, peft_cfg)
 
 
 def is_peft(model) -> bool:
@@ -50,7 +61,13 @@ def is_peft(model) -> bool:
 
 
 def merge_lora(model):
-    """The base model with adapters folded into its weights (a plain transformers model)."""
+    """The base model with adapters folded into its weights (a plain transformers model).
+
+    A 4-bit base is dequantized first, so the result is full precision (quantization.merged_full_precision)."""
+    from alignkit.models.quantization import is_quantized, merged_full_precision
+
+    if is_peft(model) and is_quantized(model):
+        return merged_full_precision(model)
     return model.merge_and_unload() if is_peft(model) else model
 
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from alignkit.config import require, require_number, validate_config
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
-from alignkit.reward_sampling.candidates import (PromptSamples, SamplingConfig, sample_and_score, samples_record,
-                                                 with_sampling_cache)
+from alignkit.reward_sampling.candidates import (PolicySampler, PromptSamples, SamplingConfig, sample_and_score,
+                                                 samples_record, with_sampling_cache)
 from alignkit.rewards.spec import RewardSpec, validate_reward_specs
 
 SAMPLES, BEST, REPORT = "samples.jsonl", "best.jsonl", "report.json"
@@ -54,7 +54,7 @@ class BestOfNConfig:
     max_prompts: int = 0  # use the first this many prompts; 0: all
     rewards: list[RewardSpec] = field(default_factory=list)  # e.g. [{kind: format}, {kind: rm, path: runs/rm/final}]
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=16))  # n: the largest n of the curve
-    device: str = ""  # where the model samples: cuda, cpu, ...; empty: cuda when there is one
+    device: str = ""  # where the model samples (sampling.backend=local): cuda, cpu, ...; empty: cuda when there is one
     output_dir: str = "runs/best_of_n"  # samples.jsonl, best.jsonl and report.json go here
     progress: bool = True  # progress bar while sampling
 
@@ -188,8 +188,9 @@ def summarize(scored: list[PromptSamples], n: int) -> tuple[dict, list[int | Non
 
 # ---------------------------------------------------------------- the run
 
-def _local_backend(cfg: BestOfNConfig):
-    from alignkit.generation.local import LocalBackend
+def _model_backend(cfg: BestOfNConfig) -> tuple:
+    """(backend, its PolicySampler) on the model cfg.model names: LocalBackend on it, or a vLLM engine started
+    from it (an adapter folder comes merged), by sampling.backend."""
     from alignkit.generation.model_id import local_model_id
     from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
     from alignkit.rewards.reward_model import default_device
@@ -197,15 +198,15 @@ def _local_backend(cfg: BestOfNConfig):
     # The tokenizer first: a missing chat template is reported before the model loads.
     tokenizer = use_chat_template(load_tokenizer(cfg.model.name), cfg.model.chat_template, cfg.model.name)
     model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
-    return LocalBackend(model, tokenizer, batch_size=cfg.sampling.batch_size,
-                        model_id=local_model_id(cfg.model.name, cfg.model.dtype), device=cfg.device or default_device())
+    device = (cfg.device or default_device()) if cfg.sampling.backend == "local" else None
+    sampler = PolicySampler(tokenizer, cfg.sampling)
+    return sampler.backend(model, 0, model_id=local_model_id(cfg.model.name, cfg.model.dtype), device=device), sampler
 
 
 def run_best_of_n(cfg: BestOfNConfig, *, backend=None, judge_backend=None) -> dict:
     """Sample, score and choose; write samples.jsonl, best.jsonl and report.json in cfg.output_dir; return
     the report. `backend` replaces the model cfg.model names (tests, or a caller holding a model);
     `judge_backend` replaces a judge reward's backend."""
-    from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
     from alignkit.paths import check_output_dir
     from alignkit.rewards.spec import build_reward
     from alignkit.data.prompts import read_prompt_records
@@ -220,7 +221,19 @@ def run_best_of_n(cfg: BestOfNConfig, *, backend=None, judge_backend=None) -> di
         raise ValueError(f"prompts: no prompt to answer in {', '.join(spec.path for spec in cfg.prompts)}")
     print(f"{len(prompts)} prompts, {cfg.sampling.n} samples each", flush=True)
     reward = build_reward(cfg.rewards, judge_backend=judge_backend)
-    base = backend if backend is not None else _local_backend(cfg)
+    policy_sampler = None
+    if backend is None:
+        backend, policy_sampler = _model_backend(cfg)
+    try:
+        return _sample_and_choose(cfg, started, prompts, reward, backend)
+    finally:
+        if policy_sampler is not None:
+            policy_sampler.close()  # drops a vLLM engine and its folder
+
+
+def _sample_and_choose(cfg: BestOfNConfig, started: float, prompts, reward, base) -> dict:
+    from alignkit.atomic_write import write_json_atomic, write_jsonl_atomic
+
     sampler = with_sampling_cache(base, cfg.sampling)
     try:
         sampling_started = time.perf_counter()

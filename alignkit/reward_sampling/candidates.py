@@ -6,7 +6,9 @@ A completion that came back as an error is never scored (a guessed reward would 
 call stops with the prompt's source. A completion the reward cannot score (a judge reply without a
 verdict) keeps the reward's configured `failure_reward` and its reason, and is counted.
 
-`SamplingConfig` is the sampling section every method's config shares; `samples_record` writes one
+`SamplingConfig` is the sampling section every method's config shares; `PolicySampler` is where each method
+samples a model it holds (transformers, or with `sampling.backend: vllm` one vLLM engine that is given the
+weights again after every training, as RL rollouts do); `samples_record` writes one
 prompt's samples in the layout the preference loaders read as a scored ranking (`responses` with
 `rewards`, `ranked: false`), so a samples file trains with `alignkit dpo` by a pair rule as it is.
 """
@@ -16,12 +18,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from alignkit.config import require, require_number
+from alignkit.config import require, require_choice, require_number
 from alignkit.generation.backend import Backend, SamplingParams
 from alignkit.generation.local import generate_texts
 from alignkit.rewards.interface import Reward, RewardResult
 from alignkit.rewards.interface import Sample as RewardSample
 from alignkit.data.prompts import PromptRecord
+
+SAMPLING_BACKENDS = ("local", "vllm")
 
 
 @dataclass
@@ -35,6 +39,9 @@ class SamplingConfig:
     stop: list[str] = field(default_factory=list)
     batch_size: int = 16  # sequences decoded together
     cache: str = ""  # SQLite file of completions: a rerun (or a resumed job) replays what was sampled; empty: none
+    backend: str = "local"  # local: transformers on the model in this process | vllm: one vLLM engine in this process, given the weights again after every training
+    gpu_memory_utilization: float = 0.3  # vllm: the share of GPU memory the engine takes (training and reward models use the rest)
+    max_model_len: int = 0  # vllm: the longest prompt + completion the engine serves; 0: the model's own limit
 
     def validate(self, where: str = "sampling") -> None:
         require_number(where, "n", self.n, low=1, whole=True)
@@ -45,6 +52,16 @@ class SamplingConfig:
         require_number(where, "batch_size", self.batch_size, low=1, whole=True)
         require(all(isinstance(s, str) and s for s in self.stop), where, "stop", "a list of non-empty strings",
                 self.stop)
+        require_choice(where, "backend", self.backend, SAMPLING_BACKENDS)
+        require_number(where, "gpu_memory_utilization", self.gpu_memory_utilization, low=0, high=1, low_open=True)
+        require_number(where, "max_model_len", self.max_model_len, low=0, whole=True)
+        require(self.max_model_len == 0 or self.max_model_len > self.max_tokens, where, "max_model_len",
+                f"0 (the model's limit) or more than max_tokens ({self.max_tokens})", self.max_model_len)
+        if self.backend == "vllm":
+            from alignkit.generation.vllm_backend import vllm_installed
+
+            require(vllm_installed(), where, "backend", "local, or vllm once vLLM is installed (pip install vllm, on "
+                    "a Linux machine with a CUDA GPU)", self.backend)
 
     def params(self, *, n: int | None = None, seed: int | None = None) -> SamplingParams:
         return SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -52,17 +69,55 @@ class SamplingConfig:
                               seed=self.seed if seed is None else seed, stop=tuple(self.stop))
 
 
-def sampling_backend(model, tokenizer, sampling: SamplingConfig, model_id: str) -> Backend:
-    """LocalBackend on `model`, behind a CachedBackend on sampling.cache when one is set (close it when done).
+class PolicySampler:
+    """Where the methods here sample a model they hold in memory: LocalBackend on the model itself
+    (`sampling.backend: local`), or one vLLM engine in this process (`vllm`), started from the model's weights
+    at the first call and given them again whenever the caller's `version` changes (rl.vllm_rollout.VLLMSampler,
+    which RL rollouts use too). A method that trains the model it samples from passes a new version after every
+    update: online DPO its step, the rounds the current model's folder, RSO 0 before training and 1 after.
+    `close()` drops the engine and the folder it started from."""
+
+    def __init__(self, tokenizer, sampling: SamplingConfig):
+        self.tokenizer, self.sampling = tokenizer, sampling
+        self.vllm = None
+        if sampling.backend == "vllm":
+            from alignkit.rl.vllm_rollout import VLLMSampler
+
+            self.vllm = VLLMSampler(tokenizer, seed=sampling.seed,
+                                    gpu_memory_utilization=sampling.gpu_memory_utilization,
+                                    max_model_len=sampling.max_model_len)
+
+    def backend(self, model, version, *, model_id: str | None = None, device=None) -> Backend:
+        """A backend sampling `model` as it is now; `model_id` names it in cache keys (see sampling_backend)."""
+        if self.vllm is None:
+            from alignkit.generation.local import LocalBackend
+
+            return LocalBackend(model, self.tokenizer, batch_size=self.sampling.batch_size, model_id=model_id,
+                                device=device)
+        engine = self.vllm.engine(version, model)
+        # vLLM's kernels answer a little differently from transformers': its samples are cached apart.
+        engine.model_id = f"vllm:{model_id or 'policy'}"
+        return engine
+
+    def invalidate(self) -> None:
+        """The model's weights were replaced (a checkpoint was loaded): give them to the engine at the next call."""
+        if self.vllm is not None:
+            self.vllm.invalidate()
+
+    def close(self) -> None:
+        if self.vllm is not None:
+            self.vllm.close()
+
+
+def sampling_backend(sampler: PolicySampler, model, version, model_id: str) -> Backend:
+    """`sampler`'s backend on `model`, behind a CachedBackend on sampling.cache when one is set (close that when
+    done; the sampler's engine outlives it).
 
     The cache key starts with the model id, so `model_id` must tell these weights apart from any other
     model's that could share the file: `local_model_id` of a folder as loaded, or, for a model trained in
     place, the id with `training.reference.model_fingerprint` of its weights appended.
     """
-    from alignkit.generation.local import LocalBackend
-
-    return with_sampling_cache(LocalBackend(model, tokenizer, batch_size=sampling.batch_size, model_id=model_id),
-                               sampling)
+    return with_sampling_cache(sampler.backend(model, version, model_id=model_id), sampler.sampling)
 
 
 def with_sampling_cache(backend: Backend, sampling: SamplingConfig) -> Backend:

@@ -31,9 +31,8 @@ from alignkit.config import (
 )
 from alignkit.data.preference import PAIR_RULES
 from alignkit.data.readers import DataSpec
-from alignkit.generation.local import LocalBackend
 from alignkit.models.config import ModelConfig
-from alignkit.reward_sampling.candidates import SamplingConfig, heldout_eval
+from alignkit.reward_sampling.candidates import PolicySampler, SamplingConfig, heldout_eval
 from alignkit.reward_sampling.online_pairs import OnlinePairSource
 from alignkit.rewards.spec import RewardSpec, build_reward, validate_reward_specs
 from alignkit.data.prompts import read_prompt_records
@@ -105,8 +104,9 @@ class OnlinePairwiseObjective(PairwiseObjective):
     """The pairwise loss, whose step records also carry the pair source's statistics (`after_step` adds them
     to the record the loop logs right after)."""
 
-    def __init__(self, cfg: PrefLossConfig, source_stats):
-        super().__init__(cfg)  # no LiveReference: every micro-batch carries its reference log-probs
+    def __init__(self, cfg: PrefLossConfig, source_stats, *, loss_chunk_size: int = 0):
+        # no LiveReference: every micro-batch carries its reference log-probs
+        super().__init__(cfg, loss_chunk_size=loss_chunk_size)
         self.source_stats = source_stats
 
     def after_step(self, record: dict) -> None:
@@ -135,12 +135,14 @@ def load_run_prompts(cfg: OnlineDPOConfig, tokenizer) -> tuple[list, list, dict]
     return prompts, heldout, report
 
 
-def measure_heldout(model, tokenizer, prompts: list, reward, cfg: OnlineDPOConfig) -> dict | None:
-    """Greedy answers to the held-out prompts, scored; None without held-out prompts."""
+def measure_heldout(model, sampler: PolicySampler, version: int, prompts: list, reward,
+                    cfg: OnlineDPOConfig) -> dict | None:
+    """Greedy answers to the held-out prompts, scored; None without held-out prompts. `version`: the step whose
+    weights the model holds (0 before training, the run's steps after)."""
     if not prompts:
         return None
     started = time.perf_counter()
-    backend = LocalBackend(model, tokenizer, batch_size=cfg.sampling.batch_size)
+    backend = sampler.backend(model, version)
     result = heldout_eval(backend, prompts, reward, max_tokens=cfg.sampling.max_tokens, progress=cfg.train.progress)
     return {**result.as_dict(), "seconds": time.perf_counter() - started}
 
@@ -156,29 +158,43 @@ def run_online_dpo(cfg: OnlineDPOConfig, *, model=None, tokenizer=None, on_step=
     ctx = prepare_run(cfg, partial(load_run_prompts, cfg), tokenizer=tokenizer)
     reward = build_reward(cfg.rewards, judge_backend=judge_backend)
     if model is None:
-        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype, quantization=cfg.model.quantization_settings())
     model = merge_lora(model)  # an adapter from an earlier stage is part of the starting (and reference) policy
     if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
+        model = apply_lora(model, cfg.model.lora, seed=cfg.train.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    before = measure_heldout(model, ctx.tokenizer, ctx.eval_examples, reward, cfg)
-    reference = LiveReference(model, cfg.train.precision) if cfg.needs_reference else None
-    objective = OnlinePairwiseObjective(cfg, lambda: source.last_stats)
-    source = OnlinePairSource(ctx.train_examples, ctx.tokenizer, reward, cfg.sampling, objective.collate,
-                              prompts_per_step=cfg.prompts_per_step, grad_accum=cfg.grad_accum, reference=reference,
-                              pair_rule=cfg.pair_rule, pair_threshold=cfg.pair_threshold, max_length=cfg.max_length,
-                              max_resamples=cfg.max_resamples, shuffle_prompts=cfg.shuffle_prompts)
-    pair_log = PairLog(os.path.join(ctx.out, PAIRS), source, cfg.log_pairs)
-    result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),
-                   on_step=chain_on_step(pair_log, on_step))
-    finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
-    after = measure_heldout(model, ctx.tokenizer, ctx.eval_examples, reward, cfg)
+    sampler = PolicySampler(ctx.tokenizer, cfg.sampling)
+    try:
+        result, before, after = _train(cfg, ctx, model, reward, sampler, on_step)
+    finally:
+        sampler.close()  # drops a vLLM engine and its folder
     if is_main():
         if before is not None:
             write_json_atomic(os.path.join(ctx.out, HELDOUT), {"before": before, "after": after}, allow_nan=True)
         _print_summary(cfg, result, before, after)
     return result
+
+
+def _train(cfg: OnlineDPOConfig, ctx, model, reward, sampler: PolicySampler, on_step):
+    """(the run's result, held-out before, held-out after)."""
+    # Version 0: the weights the run starts from, those of step 0 (a checkpoint that train() loads on a resume
+    # tells the source, which has a vLLM engine take the loaded weights).
+    before = measure_heldout(model, sampler, 0, ctx.eval_examples, reward, cfg)
+    chunk = cfg.train.loss_chunk_size
+    reference = LiveReference(model, cfg.train.precision, chunk=chunk) if cfg.needs_reference else None
+    objective = OnlinePairwiseObjective(cfg, lambda: source.last_stats, loss_chunk_size=chunk)
+    source = OnlinePairSource(ctx.train_examples, ctx.tokenizer, reward, cfg.sampling, objective.collate,
+                              prompts_per_step=cfg.prompts_per_step, grad_accum=cfg.grad_accum, reference=reference,
+                              pair_rule=cfg.pair_rule, pair_threshold=cfg.pair_threshold, max_length=cfg.max_length,
+                              max_resamples=cfg.max_resamples, shuffle_prompts=cfg.shuffle_prompts, sampler=sampler)
+    pair_log = PairLog(os.path.join(ctx.out, PAIRS), source, cfg.log_pairs)
+    result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),
+                   on_step=chain_on_step(pair_log, on_step))
+    finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
+    # After the last step the weights differ from every step sampled at (0 .. steps - 1).
+    after = measure_heldout(model, sampler, result.steps, ctx.eval_examples, reward, cfg)
+    return result, before, after
 
 
 def _print_summary(cfg: OnlineDPOConfig, result: TrainResult, before: dict | None, after: dict | None) -> None:

@@ -3,7 +3,8 @@ from the policy as it is at that step, and serves them to the one training loop 
 micro-batches.
 
 One step: take the next `prompts_per_step` prompts of a seeded prompt stream (rl.prompts.PromptStream);
-sample `sampling.n` (k >= 2) completions of each with LocalBackend on the policy, seeded by
+sample `sampling.n` (k >= 2) completions of each from the policy (candidates.PolicySampler: LocalBackend on it,
+or with sampling.backend=vllm a vLLM engine given the policy's weights after every step), seeded by
 rl.rollout.derived_seed(sampling.seed, step, attempt), so a rerun or a resumed run samples the same tokens;
 score them with the reward (candidates.sample_and_score); pair each prompt's samples by reward with
 data.preference.ranking_to_pairs under `pair_rule` (best_vs_worst by default, as in Guo et al. 2024);
@@ -52,8 +53,8 @@ from alignkit.data.preference import (
     PreferencePair,
 )
 from alignkit.data.prompts import PromptRecord
-from alignkit.generation.local import LocalBackend
 from alignkit.reward_sampling.candidates import (
+    PolicySampler,
     PromptSamples,
     SamplingConfig,
     ScoredSample,
@@ -113,7 +114,7 @@ class OnlinePairSource:
                  collate: Callable[[list[PrefExample]], dict], *, prompts_per_step: int, grad_accum: int = 1,
                  reference: LiveReference | None = None, pair_rule: str = "best_vs_worst",
                  pair_threshold: float = 0.0, max_length: int = 1024, max_resamples: int = 8,
-                 shuffle_prompts: bool = True):
+                 shuffle_prompts: bool = True, sampler: PolicySampler | None = None):
         if rank_world()[1] != 1:
             raise ValueError("online DPO runs as one process: its prompt stream is not split between processes")
         if sampling.n < 2:
@@ -130,6 +131,7 @@ class OnlinePairSource:
         self.last_stats: dict = {}  # the latest step's statistics, for the log
         self.last_pairs: list[OnlinePair] = []  # the pairs it trained on, in micro-batch order
         self.last_samples: list[PromptSamples] = []  # every sample it drew, in prompt order
+        self.sampler = sampler or PolicySampler(tokenizer, sampling)
 
     # ----- BatchSource -----
 
@@ -142,7 +144,8 @@ class OnlinePairSource:
         for attempt in range(self.max_resamples + 1):
             prompts = [self.prompts[i] for i in self.stream.take(self.prompts_per_step)]
             params = self.sampling.params(seed=derived_seed(self.sampling.seed, step, attempt))
-            backend = LocalBackend(model, self.tokenizer, batch_size=self.sampling.batch_size)
+            # The loop calls at `step` after `step` optimizer steps: a vLLM engine gets the weights when it changes.
+            backend = self.sampler.backend(model, step)
             items = sample_and_score(backend, prompts, params, self.reward, progress=False)
             samples += items
             for item in items:
@@ -166,6 +169,11 @@ class OnlinePairSource:
     def load_state_dict(self, state: dict) -> None:
         self.stream.position, self.step = int(state["position"]), int(state["step"])
         self.last_stats = dict(state["stats"])
+        self.sampler.invalidate()  # the model's weights come from the same checkpoint
+
+    def close(self) -> None:
+        """Drop the vLLM engine (and its folder), if there is one."""
+        self.sampler.close()
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps per pass over the prompts (a step that resamples takes more)."""

@@ -45,8 +45,8 @@ from alignkit.atomic_write import remove_leftovers, write_json_atomic, write_jso
 from alignkit.config import ConfigError, require, require_choice, require_number, save_config, to_dict
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
-from alignkit.reward_sampling.candidates import (PromptSamples, SamplingConfig, heldout_eval, sample_and_score,
-                                                 samples_record, sampling_backend)
+from alignkit.reward_sampling.candidates import (PolicySampler, PromptSamples, SamplingConfig, heldout_eval,
+                                                 sample_and_score, samples_record, sampling_backend)
 from alignkit.rewards.spec import RewardSpec, build_reward, validate_reward_specs
 from alignkit.data.prompts import PromptRecord, read_prompt_records
 from alignkit.rl.prompts import PromptStream
@@ -54,7 +54,7 @@ from alignkit.training.config import TrainConfig
 
 IF_EXISTS = ("resume", "overwrite")
 # Keys a resumed run may change: none of them changes what a finished round computed.
-RESUME_FREE = ("rounds", "if_exists", "sampling.cache", "sampling.batch_size")
+RESUME_FREE = ("rounds", "if_exists", "sampling.cache", "sampling.batch_size", "sampling.gpu_memory_utilization")
 CONFIG, ROUND, SAMPLES, LOG, REPORT = "config.yaml", "round.json", "samples.jsonl", "rounds.jsonl", "report.json"
 _ROUND_DIR = re.compile(r"round_\d+")
 
@@ -121,6 +121,7 @@ class RoundState:
     model_path: str  # where the current model's weights are saved (the starting spec before any training)
     model: Any = None  # the current model; loaded when a round first needs it
     initial: Any = None  # a frozen copy of the starting model, kept once a method asks for it
+    sampler: PolicySampler | None = None  # local, or the one vLLM engine every round samples with
 
     def current(self):
         if self.model is None:
@@ -155,13 +156,17 @@ def backend_for(state: RoundState) -> Iterator[Any]:
 
     sampling = state.cfg.sampling
     model = state.current()
+    if state.sampler is None:
+        state.sampler = PolicySampler(state.tokenizer, sampling)
     # The model is trained in place under one name: only its weights tell two rounds' models apart.
     model_id = f"{state.model_path}@{model_fingerprint(model)}" if sampling.cache else state.model_path
-    backend = sampling_backend(model, state.tokenizer, sampling, model_id)
+    # Every change of the current model comes with a new model_path (a round's final/ folder), so the path
+    # is the version that tells a vLLM engine its weights are out of date.
+    backend = sampling_backend(state.sampler, model, state.model_path, model_id)
     try:
         yield backend
     finally:
-        if hasattr(backend, "close"):
+        if sampling.cache:  # the cache opened here; the sampler (and its engine) lives for the run
             backend.close()
 
 
@@ -256,6 +261,20 @@ def run_rounds(cfg: RoundsConfig, *, method: str, train_round: TrainRound) -> di
           f"{cfg.output_dir}", flush=True)
     tokenizer = use_chat_template(load_tokenizer(cfg.model.name), cfg.model.chat_template, cfg.model.name)
     state = RoundState(cfg, prompts, heldout, build_reward(cfg.rewards), tokenizer, cfg.model.name)
+    try:
+        records = _play_rounds(state, method, train_round)
+    finally:
+        if state.sampler is not None:
+            state.sampler.close()  # drops a vLLM engine and its folder
+    report = write_log(cfg, method, records)
+    print(f"{method}: {cfg.rounds} round(s) in {cfg.output_dir} ({LOG}, {REPORT}); held-out reward "
+          f"{report['start']['reward_mean']:.3f} -> {report['final']['reward_mean']:.3f}; final model "
+          f"{report['final_model']}", flush=True)
+    return report
+
+
+def _play_rounds(state: RoundState, method: str, train_round: TrainRound) -> list[dict]:
+    cfg = state.cfg
     records: list[dict] = []
     for k in range(cfg.rounds + 1):
         folder = os.path.join(cfg.output_dir, f"round_{k}")
@@ -272,11 +291,7 @@ def run_rounds(cfg: RoundsConfig, *, method: str, train_round: TrainRound) -> di
         records.append(record)
         write_log(cfg, method, records)
         print(round_line(record, cfg.rounds), flush=True)
-    report = write_log(cfg, method, records)
-    print(f"{method}: {cfg.rounds} round(s) in {cfg.output_dir} ({LOG}, {REPORT}); held-out reward "
-          f"{report['start']['reward_mean']:.3f} -> {report['final']['reward_mean']:.3f}; final model "
-          f"{report['final_model']}", flush=True)
-    return report
+    return records
 
 
 def read_round(folder: str, k: int) -> dict | None:

@@ -51,8 +51,8 @@ from alignkit.atomic_write import write_json_atomic, write_text_atomic
 from alignkit.config import ConfigError, require, require_choice, require_number, save_config, validate_config
 from alignkit.data.readers import DataSpec
 from alignkit.models.config import ModelConfig
-from alignkit.reward_sampling.candidates import (PromptSamples, SamplingConfig, heldout_eval, sample_and_score,
-                                                 samples_record, sampling_backend)
+from alignkit.reward_sampling.candidates import (PolicySampler, PromptSamples, SamplingConfig, heldout_eval,
+                                                 sample_and_score, samples_record, sampling_backend)
 from alignkit.rewards.spec import RewardSpec, build_reward, validate_reward_specs
 from alignkit.rl.rollout import derived_seed
 from alignkit.training.config import TrainConfig
@@ -262,11 +262,12 @@ def _read_prompts(cfg: RSOConfig):
     return prompts, heldout
 
 
-def _backend(model, tokenizer, cfg: RSOConfig, name: str):
+def _backend(sampler: PolicySampler, model, cfg: RSOConfig, name: str, version: int):
+    """The SFT model (version 0) or the trained one (1), named by its folder."""
     from alignkit.generation.model_id import local_model_id
 
     # The id keys the cache: a retrained model in the same folder must not replay the old one's samples.
-    return sampling_backend(model, tokenizer, cfg.sampling, local_model_id(name, cfg.model.dtype))
+    return sampling_backend(sampler, model, version, local_model_id(name, cfg.model.dtype))
 
 
 def _pair_record(item: PromptSamples, chosen: int, rejected: int) -> dict:
@@ -322,7 +323,7 @@ def _print_heldout(label: str, result) -> None:
 
 def run_rso(cfg: RSOConfig) -> dict:
     """Sample, score, rejection-sample, pair, train; returns the report (also written to report.json)."""
-    from alignkit.models.loading import load_model, load_tokenizer, use_chat_template
+    from alignkit.models.loading import load_tokenizer, use_chat_template
 
     started = time.perf_counter()
     validate_config(cfg)  # configs built in Python never went through load_config
@@ -332,9 +333,19 @@ def run_rso(cfg: RSOConfig) -> dict:
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
     reward = build_reward(cfg.rewards)
     tokenizer = use_chat_template(load_tokenizer(cfg.model.name), cfg.model.chat_template, cfg.model.name)
-    model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
-    backend = _backend(model, tokenizer, cfg, cfg.model.name)
+    sampler = PolicySampler(tokenizer, cfg.sampling)
+    try:
+        return _sample_train_measure(cfg, started, prompts, heldout, reward, tokenizer, sampler)
+    finally:
+        sampler.close()  # drops a vLLM engine and its folder
 
+
+def _sample_train_measure(cfg: RSOConfig, started: float, prompts, heldout, reward, tokenizer,
+                          sampler: PolicySampler) -> dict:
+    from alignkit.models.loading import load_model
+
+    model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+    backend = _backend(sampler, model, cfg, cfg.model.name, 0)
     print(f"rso: {cfg.sampling.n} candidates for each of {len(prompts)} prompts", flush=True)
     scored = sample_and_score(backend, prompts, cfg.sampling.params(), reward, desc="candidates")
     selections = [select(item, beta=cfg.beta_rso, num_accept=cfg.num_accept, pairing=cfg.pairing,
@@ -364,7 +375,7 @@ def run_rso(cfg: RSOConfig) -> dict:
     if heldout:
         del model, backend  # the trained weights are read back from final/, as any later use sees them
         after_model, _ = load_model(final, dtype=cfg.model.dtype)
-        after = heldout_eval(_backend(after_model, tokenizer, cfg, final), heldout, reward,
+        after = heldout_eval(_backend(sampler, after_model, cfg, final, 1), heldout, reward,
                              max_tokens=cfg.sampling.max_tokens)
         _print_heldout("after", after)
         report["heldout"]["after"] = after.as_dict()

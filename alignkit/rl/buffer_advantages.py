@@ -9,6 +9,12 @@ between scoring and serving micro-batches.
 With the KL in the reward (`RewardKL`) the coefficient is the KL controller's value at rollout time; the
 controller, which the objective owns and checkpoints, then takes the rollout's KL (per unit, as a loss would
 log it). Truncated samples count as ended: GAE does not bootstrap them from a value.
+
+Under several processes each holds its own share of the rollout (rollout.py). What spans the whole rollout
+sees every process's numbers, gathered in rank order (`_across`): the sequence advantages are computed on the
+whole rollout's rewards and group ids (a batch mean or std is then global; group ids are global, so a group's
+statistics are its own), the KL that adapts the controller is the whole rollout's, and PPO's whitening uses
+the whole rollout's advantages. Each process keeps its own slice, the numbers one process would give it.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch
 from alignkit.rl.advantages import gae as gae_estimate, kl_penalised_rewards, ppo_token_rewards, whiten
 from alignkit.rl.buffer import Sample, scatter_tokens, seq_ids_of
 from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController, token_kl
+from alignkit.training.distributed import all_gather_objects
 
 AdvantageFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,6 +49,18 @@ class RewardKL:
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
+
+
+def _across(mine: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """(every process's `mine` concatenated in rank order, the slice of it that is this process's); in one
+    process (mine, everything). A collective under several processes."""
+    parts = all_gather_objects(mine.detach().cpu())
+    if len(parts) == 1:
+        return mine, slice(0, mine.numel())
+    from alignkit.training.distributed import rank_world
+
+    start = sum(p.numel() for p in parts[:rank_world()[0]])
+    return torch.cat(parts), slice(start, start + mine.numel())
 
 
 def assign_advantages(buffer: list[Sample], *, units: str, advantage_fn: AdvantageFn | None = None,
@@ -70,6 +89,8 @@ def _reward_kl(buffer: list[Sample], reward_kl: RewardKL | None,
     coef = controller.value
     kls = [token_kl(s.old_logprobs, s.ref_logprobs, reward_kl.estimator) for s in buffer]
     trained = [k for k, s in zip(kls, buffer) if s.trained]
+    # the whole rollout's, on every process: each updates its copy of the controller alike
+    trained = [k for rank_kls in all_gather_objects(trained) for k in rank_kls]
     if units == "tokens":
         measured = float(torch.cat(trained).mean())
     else:
@@ -85,10 +106,12 @@ def _sequence_advantages(buffer: list[Sample], advantage_fn: AdvantageFn, token_
         lengths = [k.numel() for k in token_kls]
         rewards = kl_penalised_rewards(rewards, torch.cat(token_kls), seq_ids_of(lengths), coef)
     groups = torch.tensor([s.group for s in buffer], dtype=torch.long)
+    rewards, mine = _across(rewards)
+    groups, _ = _across(groups)
     advantages = torch.as_tensor(advantage_fn(rewards, groups), dtype=torch.float32).reshape(-1)
-    if advantages.numel() != len(buffer) or not bool(torch.isfinite(advantages).all()):
-        raise ValueError(f"advantage_fn must return {len(buffer)} finite values, got {advantages.numel()}")
-    for s, a in zip(buffer, advantages.tolist()):
+    if advantages.numel() != rewards.numel() or not bool(torch.isfinite(advantages).all()):
+        raise ValueError(f"advantage_fn must return {rewards.numel()} finite values, got {advantages.numel()}")
+    for s, a in zip(buffer, advantages[mine].tolist(), strict=True):
         s.advantage = a
 
 
@@ -104,7 +127,8 @@ def _token_advantages(buffer: list[Sample], cfg: GAEConfig, token_kls: list[torc
     values = torch.cat([s.old_values for s in samples])
     advantages, returns = gae_estimate(rewards, values, seq_ids, len(samples), gamma=cfg.gamma, lam=cfg.lam)
     if cfg.whiten:
-        advantages = whiten(advantages)
+        every, mine = _across(advantages)
+        advantages = whiten(every)[mine]
     scatter_tokens(samples, advantages, "token_advantages")
     scatter_tokens(samples, returns, "returns")
     for s in samples:

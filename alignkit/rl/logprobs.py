@@ -12,13 +12,19 @@ own distribution, temperature 1, as `Completion.logprobs` reports them too (`los
 
 `completion_outputs` is the forward under both: the logits at the completion positions and, from an
 `rl.value_head.ActorCritic`, the value estimates at the same positions, so the rollout source's old
-values and a loss's current ones come from one and the same computation.
+values and a loss's current ones come from one and the same computation. `completion_scores` turns that
+forward into log-probs, values and entropy, optionally (train.loss_chunk_size) without ever holding the
+whole [N, vocabulary] logits (training/chunked_logprobs.py).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from alignkit.data.packing import target_positions
+from alignkit.rl.losses import entropy_from_logprobs
+from alignkit.training.chunked_logprobs import chunked_scores
 from alignkit.training.forward import packed_forward
 
 
@@ -65,8 +71,47 @@ def completion_outputs(model, batch: dict, *, values: bool = False, layout: str 
     return logits, tokens, out.values[0] if values else None
 
 
-def completion_logprobs(model, batch: dict, temperature: float = 1.0, *, layout: str = "auto") -> torch.Tensor:
+@dataclass
+class CompletionScores:
+    logprobs: torch.Tensor  # float32 [N]: log softmax(logits / T) at the completion tokens
+    tokens: torch.Tensor  # [N] the completion tokens
+    values: torch.Tensor | None = None  # float32 [N] from an ActorCritic, when asked for
+    entropy: torch.Tensor | None = None  # float32 [N] of softmax(logits / T), when asked for
+
+
+def completion_scores(model, batch: dict, temperature: float = 1.0, *, values: bool = False,
+                      entropy: bool = False, entropy_grad: bool = False, layout: str = "auto",
+                      chunk: int = 0) -> CompletionScores:
+    """The tempered log-probs of an RL micro-batch's completion tokens (and the values, and the entropy, when
+    asked for) from one packed forward of `model`. `chunk` > 0 (train.loss_chunk_size) runs the output layer
+    and the log-softmax that many positions at a time (training/chunked_logprobs.py) for a model whose head
+    can be split, the full logits at once otherwise. The entropy keeps its graph only with `entropy_grad` (an
+    entropy bonus). Differentiable unless called under no_grad."""
+    if chunk:
+        keep = target_positions(batch["targets"])
+        device = next(iter(model.parameters())).device
+        on_device = {k: batch[k].to(device) for k in ("input_ids", "position_ids")}
+        tokens = batch["targets"][0, keep].to(device)
+        scores = chunked_scores(model, on_device, keep.to(device), tokens, chunk=chunk, temperature=temperature,
+                                entropy=entropy, layout=layout, **({"return_values": True} if values else {}))
+        if scores is not None:
+            ent = scores.entropy if entropy_grad or scores.entropy is None else scores.entropy.detach()
+            return CompletionScores(scores.logprobs, tokens, scores.values, ent)
+    logits, tokens, vals = completion_outputs(model, batch, values=values, layout=layout)
+    log_probs = tempered_log_softmax(logits, temperature)
+    del logits  # the log-softmax holds all that is needed; the bf16 logits can go
+    ent = None
+    if entropy:
+        ent = entropy_from_logprobs(log_probs if entropy_grad else log_probs.detach())
+    return CompletionScores(token_logprobs(log_probs, tokens), tokens, vals, ent)
+
+
+def completion_logprobs(model, batch: dict, temperature: float = 1.0, *, layout: str = "auto",
+                        chunk: int = 0) -> torch.Tensor:
     """float32 [N] log-probs of the completion tokens of an RL micro-batch (its target positions, in
-    order), from one packed forward of `model`; differentiable unless called under no_grad."""
+    order), from one packed forward of `model` (`chunk`: see completion_scores); differentiable unless
+    called under no_grad."""
+    if chunk:
+        return completion_scores(model, batch, temperature, layout=layout, chunk=chunk).logprobs
     logits, tokens, _ = completion_outputs(model, batch, layout=layout)
     return tempered_token_logprobs(logits, tokens, temperature)

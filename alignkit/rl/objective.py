@@ -2,14 +2,15 @@
 
 The algorithms differ in their advantages (computed over the whole rollout by the rollout source: per
 sequence with `advantage_fn`, per token by GAE for PPO) and share the loss: `losses.policy_loss` on the
-micro-batch's completion tokens, with the current policy's log-probs from `logprobs.completion_outputs` at
+micro-batch's completion tokens, with the current policy's log-probs from `logprobs.completion_scores` at
 the sampling temperature, so the importance ratio compares them with the source's old log-probs like with
 like. PPO adds vf_coef x the clipped value loss on the ActorCritic's values, which come from the same
 forward as the logits, aggregated like the policy loss over the same units.
 
 Every algorithm logs the policy's entropy (at the loss's temperature, mean per unit) from the logits the
 loss already has, chunked, without a graph unless `entropy_coef` > 0 makes it a bonus (subtracted from
-the loss, aggregated like it).
+the loss, aggregated like it). With train.loss_chunk_size the log-probs and the entropy come a chunk of
+positions at a time from the final hidden states (training/chunked_logprobs.py), never the whole logits.
 
 KL(policy || reference) goes where `kl_in` says: `loss` adds kl_coef x KL per token to the loss (GRPO's
 way); `reward` leaves it to the rollout source, which takes it off the rewards (per token for PPO, per
@@ -38,15 +39,15 @@ from alignkit.rl.advantages import (
     grpo_advantages,
     rloo_advantages,
 )
+from alignkit.training.distributed import all_gather_objects, all_sum
 from alignkit.rl.kl import ESTIMATORS, AdaptiveKLController, FixedKLController
-from alignkit.rl.logprobs import completion_outputs, tempered_log_softmax, token_logprobs
+from alignkit.rl.logprobs import completion_scores
 from alignkit.rl.losses import (
     AGGREGATIONS,
     EV_PARTS,
     LEVELS,
     aggregate,
     clipped_value_loss,
-    entropy_from_logprobs,
     explained_variance_from_parts,
     explained_variance_parts,
     policy_loss,
@@ -135,8 +136,11 @@ class PolicyGradientObjective:
     (e.g. a reward with running statistics) is kept in this objective's checkpointed state."""
 
     def __init__(self, cfg: PolicyLossConfig, *, temperature: float = 1.0, max_completion_len: int | None = None,
-                 extra_metrics: Callable[[], dict] | None = None, stateful=None, lr: float | None = None):
+                 extra_metrics: Callable[[], dict] | None = None, stateful=None, lr: float | None = None,
+                 loss_chunk_size: int = 0):
         self.cfg = cfg
+        # train.loss_chunk_size: the output layer and log-softmax this many positions at a time (0: all at once)
+        self.loss_chunk_size = loss_chunk_size
         self.stateful = stateful
         self.lr = lr  # train.lr, which cfg.value_lr is relative to
         self.temperature = float(temperature)
@@ -159,10 +163,11 @@ class PolicyGradientObjective:
         self._update_tokens += int(batch["num_tokens"])
         cfg = self.cfg
         ppo = cfg.algo == "ppo"
-        logits, tokens, values = completion_outputs(model, batch, values=ppo)
-        log_probs = tempered_log_softmax(logits, self.temperature)
-        del logits  # the log-softmax holds all the loss needs; the bf16 logits can go
-        logp = token_logprobs(log_probs, tokens)
+        # the layout the rollout source agreed among processes (and computed the old log-probs in), if any
+        scores = completion_scores(model, batch, self.temperature, values=ppo, entropy=True,
+                                   entropy_grad=bool(cfg.entropy_coef), layout=batch.get("layout", "auto"),
+                                   chunk=self.loss_chunk_size)
+        logp, values = scores.logprobs, scores.values
         device = logp.device
         seq_ids = batch["seq_ids"].to(device)
         num_seqs = int(batch["completion_lens"].numel())
@@ -184,7 +189,7 @@ class PolicyGradientObjective:
             raise ValueError(f"the micro-batch counts {batch['num_units']} units but aggregation "
                              f"{cfg.aggregation!r} sums over {out.units}: set rollout.units to match")
         metrics = dict(out.metrics)
-        loss = out.loss - self._entropy_bonus(log_probs, seq_ids, num_seqs, metrics)
+        loss = out.loss - self._entropy_bonus(scores.entropy, seq_ids, num_seqs, metrics)
         if ppo:
             loss = loss + self._value_loss(values, batch, seq_ids, num_seqs, metrics)
         self._step_seqs += num_seqs
@@ -193,11 +198,10 @@ class PolicyGradientObjective:
     def _aggregate(self, per_token: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int) -> torch.Tensor:
         return aggregate(per_token, seq_ids, num_seqs, self.cfg.aggregation, self.max_completion_len).total
 
-    def _entropy_bonus(self, log_probs: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int, metrics: dict):
-        """entropy_coef x the entropy of the tempered distribution, `log_probs` [N, V], aggregated like the
-        loss (0 when off: then no graph is kept); logs `entropy` either way."""
+    def _entropy_bonus(self, entropy: torch.Tensor, seq_ids: torch.Tensor, num_seqs: int, metrics: dict):
+        """entropy_coef x the entropy [N] of the tempered distribution (with its graph only when the coefficient
+        is on), aggregated like the loss (0 when off); logs `entropy` either way."""
         coef = self.cfg.entropy_coef
-        entropy = entropy_from_logprobs(log_probs if coef else log_probs.detach())
         metrics["entropy"] = unit_sum(entropy, seq_ids, num_seqs, self.cfg.aggregation)
         return coef * self._aggregate(entropy, seq_ids, num_seqs) if coef else 0.0
 
@@ -222,14 +226,15 @@ class PolicyGradientObjective:
         if self.cfg.kl_in == "loss":
             if self.cfg.kl_coef > 0:
                 record["kl_coef"] = self.kl.value  # the one this step's loss used
-            if "kl" in record and math.isfinite(record["kl"]):
-                self.kl.update(record["kl"], self._step_seqs)
+            if "kl" in record and math.isfinite(record["kl"]):  # the same on every process: so is this branch
+                self.kl.update(record["kl"], int(all_sum(self._step_seqs)))  # the step's sequences, all processes
         self._step_seqs = 0
         if self._update_started is not None:  # forward, backward and optimizer step, from the first micro-batch
             record["update_tokens_per_s"] = self._update_tokens / max(time.perf_counter() - self._update_started, 1e-9)
         self._update_started, self._update_tokens = None, 0
         if self._sampler_gap is not None:  # the rollout's own check is absent when it recomputes nothing
-            record["sampler_logprob_gap"] = self._sampler_gap
+            # every process measures one (the same settings make the same micro-batch keys): the largest
+            record["sampler_logprob_gap"] = max(all_gather_objects(self._sampler_gap))
             self._sampler_gap = None
         if self.extra_metrics is not None:
             for key, value in self.extra_metrics().items():

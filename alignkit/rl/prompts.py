@@ -1,6 +1,7 @@
 """Prompts for online sampling: `data.prompts.PromptRecord`s (the conversation to answer plus the record it
 came from, whose fields a reward may need: a reference answer, test cases, a label), and a seeded, resumable
-stream over them.
+stream over them. Under several processes every process walks the same stream and takes its own slice of
+each step's prompts (`take_share`), so the stream's state is rank-independent.
 """
 from __future__ import annotations
 
@@ -52,6 +53,15 @@ class PromptStream:
             out.append(self._permutation(epoch)[i])
         self.position += n
         return out
+
+    def take_share(self, n: int, rank: int = 0, world: int = 1) -> list[int]:
+        """This process's share of the next `n` prompts (n divisible by `world`): every process advances the
+        same global stream by `n` and keeps the rank-th contiguous slice. The position is then the same on
+        every process, so rank 0's checkpoint describes them all, and shares are disjoint within a pass."""
+        if n % world:
+            raise ValueError(f"{n} prompts cannot be shared evenly among {world} processes")
+        per = n // world
+        return self.take(n)[rank * per:(rank + 1) * per]
 
     def epoch(self) -> float:
         return self.position / self.count

@@ -45,8 +45,28 @@ one micro-batch per optimizer step, more prompts are sampled into the buffer.
 
 State: the prompt stream's position, the step of the last rollout (every seed derives from it), the
 position inside the buffer and the buffer itself, so a run interrupted mid-buffer resumes exactly. A vLLM
-engine is not state: after a resume the first rollout starts one from the restored weights. Runs in one
-process for now; `close()` drops the engine.
+engine is not state: after a resume the first rollout starts one from the restored weights. `close()` drops
+the engine.
+
+Several processes (torchrun / accelerate launch, train.parallel ddp or fsdp): `prompts_per_step` is the
+global number, divided evenly among the processes. Every process walks the same prompt stream and samples
+its own contiguous slice of each step's prompts (prompts.PromptStream.take_share), so a group never spans
+processes (GRPO / RLOO group statistics stay local) and the stream's position is the same everywhere. The
+sampling seed derives from (seed, step, attempt) and each sample's from its prompt's tokens
+(generation/local.py), not from the rank: a prompt gets the same samples whichever process draws it, so N
+processes sample exactly what one process with the whole prompts_per_step samples (and train as it does).
+Group ids are global (attempt x prompts_per_step + the prompt's index in the step), as one process numbers
+them. Each process scores its own samples. What spans the whole rollout is computed over every process's
+samples, gathered (buffer_advantages.py): batch-level advantages (REINFORCE's mean, GRPO scale=batch, PPO's
+whitening) and the KL in the reward; so are the logged statistics (`_record_stats`). A truncated=mask
+resample happens on every process when any one lacks samples, and every process cuts its buffer into the
+same number of micro-batches per step (the fewest any one can fill: the loop syncs gradients on the last).
+Every process must run the same number of forwards per micro-batch (under FSDP each is collective) and the
+old log-probs and the loss the same layout: each micro-batch's layout is agreed across processes
+(`_agreed_layouts`: shared_prompt, two forwards, by all or none; never under FSDP, whose backward cannot
+take it, see `_fsdp`) and carried in the batch (`layout`), for the old log-probs and the loss alike. Sampling and scoring run on the unwrapped
+model (under FSDP inside the loop's `gathered()`), whose forwards are not collective. rollout.backend=vllm
+runs one process only.
 """
 from __future__ import annotations
 
@@ -68,11 +88,11 @@ from alignkit.rewards.interface import Sample as RewardSample
 from alignkit.rl.advantages import grpo_advantages
 from alignkit.rl.buffer import UNITS, Sample, micro_batch, scatter_tokens, shuffled_chunks
 from alignkit.rl.buffer_advantages import AdvantageFn, GAEConfig, RewardKL, assign_advantages
-from alignkit.rl.logprobs import completion_logprobs, completion_outputs, loss_temperature, tempered_token_logprobs
+from alignkit.rl.logprobs import completion_logprobs, completion_scores, loss_temperature
 from alignkit.rl.prompts import PromptStream, as_prompt_records
 from alignkit.rl.value_head import is_actor_critic, unwrap_policy
 from alignkit.rl.vllm_rollout import VLLMSampler
-from alignkit.training.distributed import rank_world
+from alignkit.training.distributed import all_gather_objects, all_sum, rank_world
 from alignkit.training.forward import choose_layout
 from alignkit.training.reference import reference_mode
 
@@ -149,6 +169,15 @@ def _scoring(model):
         model.train(was_training)
 
 
+def _fsdp(model) -> bool:
+    """Whether `model` is sharded by FSDP2. The shared_prompt layout does not train there: its two forwards run
+    every block twice in one graph, and the backward through the first use finds the block's gathered weights
+    already freed by FSDP after the second ("setStorage ... storage of size 0", torch 2.13)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def length_correlation(rewards: torch.Tensor, lengths: torch.Tensor) -> dict:
     """{"reward_length_corr": Pearson r of reward and completion length over one rollout's samples}, or {}
     when either is constant (r undefined). A rising r while reward climbs is the sign of a length hack."""
@@ -167,9 +196,8 @@ class RolloutSource:
 
     def __init__(self, prompts: Sequence, tokenizer, reward_fn: RewardFn, config: RolloutConfig | None = None, *,
                  advantage_fn: AdvantageFn | None = None, reference=None, gae: GAEConfig | None = None,
-                 reward_kl: RewardKL | None = None):
-        if rank_world()[1] > 1:
-            raise NotImplementedError("RolloutSource runs in a single process for now")
+                 reward_kl: RewardKL | None = None, loss_chunk_size: int = 0):
+        self.rank, self.world = rank_world()
         if isinstance(reference, str) and reference != "adapter":
             raise ValueError(f"reference must be None, 'adapter' or a model, not {reference!r}")
         if gae is not None and advantage_fn is not None:
@@ -179,9 +207,16 @@ class RolloutSource:
         self.prompts = as_prompt_records(prompts)
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.config = config or RolloutConfig()
+        if self.config.prompts_per_step % self.world:
+            raise ValueError(f"rollout.prompts_per_step ({self.config.prompts_per_step}) must divide evenly among "
+                             f"the {self.world} processes")
+        if self.config.backend == "vllm" and self.world > 1:
+            raise ValueError("rollout.backend=vllm runs in one process; use rollout.backend=local under a launcher")
         self.advantage_fn = advantage_fn or grpo_advantages
         self.reference = reference
         self.gae, self.reward_kl = gae, reward_kl
+        # train.loss_chunk_size: old and reference log-probs a chunk of positions at a time, as the loss's
+        self.loss_chunk_size = loss_chunk_size
         cfg = self.config
         self.recomputes_old_logprobs = not (cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and gae is None
                                             and reward_kl is None)
@@ -190,6 +225,7 @@ class RolloutSource:
         self.used = 0  # optimizer steps served from the current buffer
         self.rollout_step = -1  # the step the current buffer was sampled at
         self.rollouts = 0
+        self.chunks = 0  # micro-batches per pass over the buffer, the same on every process
         self.last_stats: dict = {}  # stats of the latest rollout, for logging
         self.vllm = (VLLMSampler(tokenizer, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
                                  max_model_len=cfg.max_model_len) if cfg.backend == "vllm" else None)
@@ -205,17 +241,22 @@ class RolloutSource:
             self._roll_out(step, model)
         epoch, k = divmod(self.used, self.config.mini_batches)
         self.used += 1
-        return [self._micro_batch(chunk) for chunk in self.layout(epoch)[k]]
+        batches = [self._micro_batch(chunk) for chunk in self.layout(epoch)[k]]
+        for batch, layout in zip(batches, self._agreed_layouts(model, batches)):
+            if layout is not None:
+                batch["layout"] = layout
+        return batches
 
     def state_dict(self) -> dict:
         return {"position": self.stream.position, "used": self.used, "rollout_step": self.rollout_step,
-                "rollouts": self.rollouts, "stats": dict(self.last_stats),
+                "rollouts": self.rollouts, "stats": dict(self.last_stats), "chunks": self.chunks,
                 "buffer": None if self.buffer is None else [s.to_state() for s in self.buffer]}
 
     def load_state_dict(self, state: dict) -> None:
         self.stream.position = int(state["position"])
         self.used, self.rollout_step = int(state["used"]), int(state["rollout_step"])
         self.rollouts, self.last_stats = int(state["rollouts"]), dict(state["stats"])
+        self.chunks = int(state.get("chunks", 0))  # 0 (a checkpoint from before): layout() counts them
         self.buffer = None if state["buffer"] is None else [Sample.from_state(s) for s in state["buffer"]]
         if self.vllm is not None:  # the model's weights come from the same checkpoint
             self.vllm.invalidate()
@@ -238,7 +279,7 @@ class RolloutSource:
         """Pass `epoch` over the buffer: per optimizer step, its micro-batches as lists of buffer indices."""
         cfg = self.config
         trained = [i for i, s in enumerate(self.buffer) if s.trained]
-        chunks = shuffled_chunks(trained, min(len(trained), cfg.mini_batches * cfg.grad_accum),
+        chunks = shuffled_chunks(trained, self.chunks or min(len(trained), cfg.mini_batches * cfg.grad_accum),
                                  derived_seed(cfg.seed, self.rollout_step, epoch, 7))
         base, extra = divmod(len(chunks), cfg.mini_batches)
         steps, start = [], 0
@@ -247,6 +288,25 @@ class RolloutSource:
             steps.append(chunks[start:start + size])
             start += size
         return steps
+
+    def _agreed_layouts(self, model, batches: list[dict]) -> list[str | None]:
+        """Per micro-batch of one optimizer step, the forward layout every process takes (None in one process:
+        the loss and the recompute choose "auto" on the same micro-batch alike). Each process's cheapest
+        (training/forward.py) stands unless processes differ on shared_prompt, which runs two forwards where
+        the others run one: then those take packed; under FSDP shared_prompt is never taken. A collective: every process calls it for the same step,
+        with as many micro-batches (`chunks`); the answer depends only on the micro-batches, so the old
+        log-probs' call and the loss's agree."""
+        if self.world == 1:
+            return [None] * len(batches)
+        local = [choose_layout(model, b, target_positions(b["targets"])) for b in batches]
+        if _fsdp(model):  # its backward reaches a block's weights FSDP has already resharded (see _fsdp)
+            local = ["packed" if layout == "shared_prompt" else layout for layout in local]
+        everyone = all_gather_objects(local)
+        out = []
+        for j, mine in enumerate(local):
+            shared = {choices[j] == "shared_prompt" for choices in everyone}
+            out.append("packed" if len(shared) > 1 and mine == "shared_prompt" else mine)
+        return out
 
     def _micro_batch(self, chunk: list[int]) -> dict:
         comparable = self.config.top_k == 0 and self.config.top_p == 1.0  # the sampler's distribution is the loss's
@@ -269,8 +329,9 @@ class RolloutSource:
         if self.vllm is not None:
             engine = self.vllm.engine(step, model)  # the policy's weights now, pushed if a step changed them
             sync = {"weight_sync_seconds": self.vllm.last_sync_seconds, "weight_pushes": self.vllm.pushes}
+        per = cfg.prompts_per_step // self.world
         for attempt in range(cfg.max_resamples + 1):
-            prompts = [self.prompts[i] for i in self.stream.take(cfg.prompts_per_step)]
+            prompts = [self.prompts[i] for i in self.stream.take_share(cfg.prompts_per_step, self.rank, self.world)]
             params = cfg.sampling_params(derived_seed(cfg.seed, step, attempt))
             prompt_ids = [tokenize_prompt(self.tokenizer, p.messages) for p in prompts]  # what is sampled from
             t0 = time.perf_counter()
@@ -280,7 +341,8 @@ class RolloutSource:
                 backend = LocalBackend(unwrap_policy(model), self.tokenizer, batch_size=cfg.gen_batch_size)
                 completions = backend.chat([p.messages for p in prompts], params)
             gen_seconds += time.perf_counter() - t0
-            group0 = len(samples) // cfg.group_size
+            # global group ids: what one process sampling every prompt of the step would number them
+            group0 = attempt * cfg.prompts_per_step + self.rank * per
             for g, (prompt, ids, outs) in enumerate(zip(prompts, prompt_ids, completions, strict=True)):
                 for c in outs:
                     if c.error is not None:  # e.g. a request vLLM aborted
@@ -291,7 +353,8 @@ class RolloutSource:
                                           trained=not (truncated and cfg.truncated == "mask")))
                     to_score.append(RewardSample(prompt.messages, c.text, prompt.metadata, len(c.token_ids)))
                     gen_tokens += len(c.token_ids)
-            if sum(s.trained for s in samples) >= cfg.mini_batches:
+            # every process resamples while any one lacks samples (they walk one prompt stream)
+            if not all_sum(float(sum(s.trained for s in samples) < cfg.mini_batches)):
                 break
         else:
             raise RuntimeError(f"with truncated=mask, {len(samples)} samples in {cfg.max_resamples + 1} rollouts "
@@ -300,6 +363,9 @@ class RolloutSource:
         self._score(samples, to_score)
         self.buffer, self.used, self.rollout_step = samples, 0, step
         self.rollouts += 1
+        # micro-batches per pass: the fewest any process can fill, so every process runs as many
+        fill = min(sum(s.trained for s in samples), cfg.mini_batches * cfg.grad_accum)
+        self.chunks = min(all_gather_objects(fill))
         t0 = time.perf_counter()
         self._compute_logprobs(model)
         logprob_seconds = time.perf_counter() - t0
@@ -318,57 +384,76 @@ class RolloutSource:
         for s, r in zip(samples, rewards):
             s.reward = self.config.truncation_reward if s.truncated and self.config.truncated == "penalty" else r
 
-    def _scoring_chunks(self) -> list[list[int]]:
-        """The first pass's micro-batches; with the KL in the reward, then also the samples no loss sees
-        (truncated=mask), cut alike, since their KL enters their group's baseline."""
-        chunks = [chunk for step_chunks in self.layout(0) for chunk in step_chunks]
+    def _scoring_chunks(self) -> list[list[list[int]]]:
+        """The first pass's micro-batches, per optimizer step; with the KL in the reward, then also the samples
+        no loss sees (truncated=mask), cut alike, as one more group, since their KL enters their group's
+        baseline."""
+        steps = self.layout(0)
         if self.reward_kl is not None:
             left = [i for i, s in enumerate(self.buffer) if not s.trained]
-            size = max(len(c) for c in chunks)
-            chunks += [left[k:k + size] for k in range(0, len(left), size)]
-        return chunks
+            size = max(len(c) for chunks in steps for c in chunks)
+            if left:
+                steps = [*steps, [left[k:k + size] for k in range(0, len(left), size)]]
+        return steps
 
     def _compute_logprobs(self, model) -> None:
-        """Old (and reference) log-probs, and PPO's old values, in the first pass's micro-batches, where the
-        loss will first see them: the first update compares each number with itself."""
+        """Old (and reference) log-probs, and PPO's old values, in the first pass's micro-batches and layouts,
+        where the loss will first see them: the first update compares each number with itself."""
         temperature = loss_temperature(self.config.temperature)
-        for chunk in self._scoring_chunks():
-            samples = [self.buffer[i] for i in chunk]
-            batch = micro_batch(samples, units=self.config.units)
-            if self.recomputes_old_logprobs:
-                self._old_logprobs(model, batch, samples, temperature)
-            if self.reference is not None:
-                ref = unwrap_policy(model) if self.reference == "adapter" else self.reference
-                # the policy's layout, so that the same weights give the same numbers (a KL of exactly 0)
-                layout = choose_layout(model, batch, target_positions(batch["targets"]))
-                with reference_mode(ref):  # eval, no_grad and, for a peft model, its adapter off
-                    scatter_tokens(samples, completion_logprobs(ref, batch, temperature, layout=layout),
-                                   "ref_logprobs")
+        served = self.config.mini_batches
+        for index, chunks in enumerate(self._scoring_chunks()):
+            batches = [micro_batch([self.buffer[i] for i in chunk], units=self.config.units) for chunk in chunks]
+            # the loss's layouts for the served steps (a collective, as next_step's); the samples no loss sees
+            # (only this process has them) take their own
+            layouts = (self._agreed_layouts(model, batches) if index < served else
+                       [choose_layout(model, b, target_positions(b["targets"])) for b in batches])
+            for chunk, batch, layout in zip(chunks, batches, layouts):
+                self._score_chunk(model, [self.buffer[i] for i in chunk], batch, layout or "auto", temperature)
 
-    def _old_logprobs(self, model, batch: dict, samples: list[Sample], temperature: float) -> None:
+    def _score_chunk(self, model, samples: list[Sample], batch: dict, layout: str, temperature: float) -> None:
+        if self.recomputes_old_logprobs:
+            self._old_logprobs(model, batch, samples, temperature, layout)
+        if self.reference is not None:
+            ref = unwrap_policy(model) if self.reference == "adapter" else self.reference
+            # the policy's layout, so that the same weights give the same numbers (a KL of exactly 0)
+            if layout == "auto":
+                layout = choose_layout(model, batch, target_positions(batch["targets"]))
+            with reference_mode(ref):  # eval, no_grad and, for a peft model, its adapter off
+                scatter_tokens(samples, completion_logprobs(ref, batch, temperature, layout=layout,
+                                                            chunk=self.loss_chunk_size), "ref_logprobs")
+
+    def _old_logprobs(self, model, batch: dict, samples: list[Sample], temperature: float,
+                      layout: str = "auto") -> None:
         with _scoring(model):
-            logits, tokens, values = completion_outputs(model, batch, values=self.gae is not None)
-            scatter_tokens(samples, tempered_token_logprobs(logits, tokens, temperature), "old_logprobs")
-            if values is not None:
-                scatter_tokens(samples, values, "old_values")
-            del logits  # [N, V]: not held while the reference runs
+            scores = completion_scores(model, batch, temperature, values=self.gae is not None, layout=layout,
+                                       chunk=self.loss_chunk_size)
+            scatter_tokens(samples, scores.logprobs, "old_logprobs")
+            if scores.values is not None:
+                scatter_tokens(samples, scores.values, "old_values")
 
     def _record_stats(self, gen_seconds: float, gen_tokens: int, logprob_seconds: float, seconds: float,
                       extra: dict) -> None:
-        rewards = torch.tensor([s.reward for s in self.buffer], dtype=torch.float64)
-        lengths = torch.tensor([len(s.completion_ids) for s in self.buffer], dtype=torch.float64)
-        stats = {"rollout": self.rollouts, "rollout_step": self.rollout_step, "samples": len(self.buffer),
-                 "trained_samples": sum(s.trained for s in self.buffer),
-                 "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
-                 "completion_len_mean": float(lengths.mean()),
-                 **length_correlation(rewards, lengths),
-                 "truncated_rate": sum(s.truncated for s in self.buffer) / len(self.buffer),
-                 "gen_seconds": gen_seconds, "gen_tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
-                 "logprob_seconds": logprob_seconds, "rollout_seconds": seconds, **extra}
+        """The rollout's statistics over every process's samples (gathered in rank order: one process's order
+        for the same prompts), so the log is that of one process; the timings and speeds are this process's."""
         cfg = self.config
+        gaps = []
         if cfg.top_k == 0 and cfg.top_p == 1.0:
             gaps = [float((s.old_logprobs - torch.tensor(s.gen_logprobs)).abs().max())
                     for s in self.buffer if s.trained and s.gen_logprobs and s.old_logprobs is not None]
-            if gaps:
-                stats["sampler_logprob_gap"] = max(gaps)
+        mine = [(s.reward, len(s.completion_ids), s.truncated, s.trained) for s in self.buffer]
+        parts = all_gather_objects((mine, gaps))
+        every = [row for rows, _ in parts for row in rows]
+        gaps = [gap for _, rank_gaps in parts for gap in rank_gaps]
+        rewards = torch.tensor([r[0] for r in every], dtype=torch.float64)
+        lengths = torch.tensor([r[1] for r in every], dtype=torch.float64)
+        stats = {"rollout": self.rollouts, "rollout_step": self.rollout_step, "samples": len(every),
+                 "trained_samples": sum(r[3] for r in every),
+                 "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std(unbiased=False)),
+                 "completion_len_mean": float(lengths.mean()),
+                 **length_correlation(rewards, lengths),
+                 "truncated_rate": sum(r[2] for r in every) / len(every),
+                 "gen_seconds": gen_seconds, "gen_tokens_per_s": gen_tokens / max(gen_seconds, 1e-9),
+                 "logprob_seconds": logprob_seconds, "rollout_seconds": seconds, **extra}
+        if gaps:
+            stats["sampler_logprob_gap"] = max(gaps)
         self.last_stats = stats

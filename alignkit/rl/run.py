@@ -82,6 +82,15 @@ class RLConfig(PolicyLossConfig):
                 f"{units} for aggregation={self.aggregation} (or left out)", self.rollout.units)
         if self.aggregation == "dr_grpo":
             require_number("rollout", "max_tokens", self.rollout.max_tokens, low=1, whole=True)
+        world = launched_world()
+        if world > 1:  # a launcher's run: each process samples its share of every step's prompts (rl/rollout.py)
+            require(self.rollout.prompts_per_step % world == 0, "rollout", "prompts_per_step",
+                    f"a multiple of the {world} processes (it is the number of prompts per step in all)",
+                    self.rollout.prompts_per_step)
+            require(self.rollout.backend == "local", "rollout", "backend",
+                    "local under a launcher (a vLLM engine runs in one process)", self.rollout.backend)
+            require(self.reward_shaping.normalize == "none", "reward_shaping", "normalize",
+                    "none under a launcher (its statistics would be each process's own)", self.reward_shaping.normalize)
         if self.rollout.backend == "vllm":
             from alignkit.generation.vllm_backend import vllm_installed
 
@@ -90,19 +99,39 @@ class RLConfig(PolicyLossConfig):
                                   "a Linux machine with a CUDA GPU); rollout.backend=local samples with transformers")
 
 
+def launched_world() -> int:
+    """The number of processes a launcher started (WORLD_SIZE), read before the process group exists."""
+    from alignkit.training.distributed import launched
+
+    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+
+
 class SampleLog(StepLog):
-    """samples.jsonl: the first `count` generations of each rollout, written at the step that sampled it."""
+    """samples.jsonl: the first `count` generations of each rollout, written at the step that sampled it;
+    under several processes the first `count` of every process's share, in rank order, each with its `rank`."""
 
     def __init__(self, path: str, source: RolloutSource, tokenizer, count: int):
         super().__init__(path, count)
         self.source, self.tokenizer = source, tokenizer
+        self._rows: list[dict] = []
 
-    def records(self, step: int) -> list[dict]:
+    def __call__(self, step: int, record: dict) -> None:
+        from alignkit.training.distributed import all_gather_objects
+
+        if self.count:  # every process, since gathering is collective; rank 0 writes
+            self._rows = [row for rows in all_gather_objects(self._own(step)) for row in rows]
+        super().__call__(step, record)
+
+    def _own(self, step: int) -> list[dict]:
         if self.source.rollout_step != step - 1:  # this step trained on an earlier rollout
             return []
-        return [{"step": step, "group": s.group, "prompt": self.tokenizer.decode(s.prompt_ids, skip_special_tokens=False),
+        return [{"step": step, "rank": self.source.rank, "group": s.group,
+                 "prompt": self.tokenizer.decode(s.prompt_ids, skip_special_tokens=False),
                  "completion": s.text, "reward": s.reward, "advantage": s.advantage, "truncated": s.truncated,
                  "completion_tokens": len(s.completion_ids)} for s in self.source.buffer[:self.count]]
+
+    def records(self, step: int) -> list[dict]:
+        return self._rows
 
 
 def load_prompts(cfg: RLConfig, tokenizer) -> tuple[list, list, dict]:
@@ -162,10 +191,10 @@ def run_rl(cfg: RLConfig, *, model=None, tokenizer=None, on_step=None, judge_bac
     ctx = prepare_run(cfg, partial(load_prompts, cfg), tokenizer=tokenizer)
     reward = RolloutReward(build_reward(cfg.rewards, cfg.reward_shaping, judge_backend=judge_backend))
     if model is None:
-        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype, quantization=cfg.model.quantization_settings())
     model = merge_lora(model)  # an adapter from an earlier stage is part of the starting policy
     if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
+        model = apply_lora(model, cfg.model.lora, seed=cfg.train.seed)
     reference = make_reference(cfg, model)  # of the policy alone
     if cfg.algo == "ppo":
         model = make_actor_critic(cfg, model)
@@ -178,9 +207,10 @@ def run_rl(cfg: RLConfig, *, model=None, tokenizer=None, on_step=None, judge_bac
 
     objective = PolicyGradientObjective(cfg, temperature=loss_temperature(rollout.temperature),
                                         max_completion_len=rollout.max_tokens, extra_metrics=extra_metrics,
-                                        stateful=reward, lr=cfg.train.lr)
+                                        stateful=reward, lr=cfg.train.lr,
+                                        loss_chunk_size=cfg.train.loss_chunk_size)
     source = RolloutSource(ctx.train_examples, ctx.tokenizer, reward, rollout, reference=reference,
-                           **advantage_settings(cfg, objective))
+                           loss_chunk_size=cfg.train.loss_chunk_size, **advantage_settings(cfg, objective))
     samples = SampleLog(os.path.join(ctx.out, SAMPLES), source, ctx.tokenizer, cfg.samples_per_step)
     try:
         result = train(model, objective, source=source, cfg=cfg.train, config_dict=to_dict(cfg),

@@ -1,5 +1,7 @@
 """Rollouts sampled by vLLM (`rollout.backend=vllm`): one engine in the training process ("colocate"),
 started from the policy's weights at the first rollout and given the trained weights before each later one.
+The sampling methods that train what they sample from (online and iterative DPO, expert iteration, RSO:
+`sampling.backend=vllm`) use the same engine the same way, through reward_sampling.candidates.PolicySampler.
 
 Start: the plain causal LM (an ActorCritic's policy; a LoRA policy with its adapter folded in) is written in
 the Hugging Face layout, with the tokenizer and the generation config, to a temporary folder, and the engine
@@ -115,8 +117,11 @@ def write_policy(model, tokenizer, folder: str) -> None:
 
 
 class VLLMSampler:
-    """The engine of `rollout.backend=vllm` and the step its weights were taken at. `engine(step, model)`
-    gives the engine holding the weights `model` has at `step`, starting it or pushing weights as needed."""
+    """One vLLM engine in this process and the version of the weights it holds. `engine(version, model)` gives
+    the engine holding `model`'s weights, starting it at the first call and pushing the weights whenever
+    `version` differs from the last call's. A version is any value that changes whenever the weights do: RL
+    rollouts pass the optimizer step, the sampling methods (reward_sampling.candidates.PolicySampler) a step,
+    a round's model folder, or a count of trainings."""
 
     def __init__(self, tokenizer, *, seed: int, gpu_memory_utilization: float, max_model_len: int = 0,
                  folder_parent: str | None = None, **engine_options):
@@ -124,19 +129,19 @@ class VLLMSampler:
         self.gpu_memory_utilization, self.max_model_len = gpu_memory_utilization, max_model_len
         self.folder_parent, self.engine_options = folder_parent, engine_options
         self.backend = None
-        self.step: int | None = None  # the step whose weights the engine holds
+        self.step = None  # the version of the weights the engine holds (for RL, an optimizer step)
         self.pushes = 0
         self.last_sync_seconds = 0.0  # the latest start or push
         self._folder: tempfile.TemporaryDirectory | None = None
 
-    def engine(self, step: int, model):
+    def engine(self, version, model):
         started = time.perf_counter()
         if self.backend is None:
             self._start(model)
-        elif step != self.step:
+        elif version != self.step:
             self.backend.push_weights(policy_weights(model))
             self.pushes += 1
-        self.step = step
+        self.step = version
         self.last_sync_seconds = time.perf_counter() - started
         return self.backend
 

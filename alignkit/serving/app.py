@@ -3,12 +3,15 @@
     app = create_app(LocalBackend(model, tokenizer), "my-model")
     serve(backend, "my-model", port=8000)   # then: openai.OpenAI(base_url="http://host:8000/v1")
 
-Endpoints: /v1/models, /v1/chat/completions, /v1/completions (no streaming). Requests are
-handed to a `RequestBatcher`, which calls the backend from one thread and merges requests
-that are waiting together. Errors use OpenAI's {"error": {"message", "type", "param", "code"}}
-body for every status: 400 for invalid requests (bad JSON, failed validation, over a limit),
+Endpoints: /v1/models, /v1/chat/completions, /v1/completions, the last two also with
+`stream: true` (server-sent events, see serving/streaming.py). Requests are handed to a
+`RequestBatcher`, which calls the backend from one thread and merges requests that are waiting
+together; a streamed request has that thread to itself while it streams. Errors use OpenAI's
+{"error": {"message", "type", "param", "code"}} body for every status: 400 for invalid requests (bad JSON, failed validation, over a limit),
 401 without the right API key, 404 for an unknown model or route, 405 for a wrong method, 502
 when the backend returned an error completion (never an empty answer), 500 for anything else.
+A streamed request gets these too for whatever fails before its first delta (the response starts
+only once the backend has produced one); a failure after that is an SSE error event.
 
 With `api_key` set, every route (unknown ones included, so they cannot be probed) requires
 `Authorization: Bearer <key>`, the header the openai client sends. `serve` refuses to bind a
@@ -29,13 +32,14 @@ from typing import AsyncIterator, Sequence
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alignkit.generation.backend import Backend, Completion, SamplingParams
-from alignkit.serving.batcher import Kind, RequestBatcher
+from alignkit.serving.batcher import RequestBatcher
 from alignkit.serving.responses import chat_response, completion_response, error_body
 from alignkit.serving.schemas import ChatCompletionRequest, CompletionRequest
+from alignkit.serving.streaming import Kind, StreamEnd, sse_events
 
 
 API_KEY_ENV = "ALIGNKIT_API_KEY"  # where `alignkit serve` reads the key by default
@@ -94,6 +98,8 @@ def _problem(error: dict) -> tuple[str, str | None]:
         reason = (error.get("ctx") or {}).get("error", error["msg"])
         return f"the request body is not valid JSON: {reason} (at character {position})", None
     field = _field_path(error["loc"])
+    if field == "body" and error["type"] == "value_error":  # a check across fields (e.g. stream with logprobs)
+        return str((error.get("ctx") or {}).get("error", error["msg"])), None
     if field == "body":
         return f"the request body must be a JSON object: {error['msg']}", None
     return f"{field}: {error['msg']}", field
@@ -228,24 +234,67 @@ def create_app(backend: Backend, model_name: str, *, default_max_tokens: int = 5
             raise ApiError(502, f"the backend failed to answer: {failed[0]}", "server_error")
         return results
 
+    async def stream(kind: Kind, prompts: list, params: SamplingParams, include_usage: bool) -> StreamingResponse:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue = asyncio.Queue()
+
+        def emit(item: object) -> bool:  # called from the batcher's thread
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the event loop is closed: the server is stopping, nobody listens
+                return False
+            return True
+
+        cancel = batcher.submit_stream(kind, prompts, params, emit)
+        try:
+            # The status line waits for the first delta, so that input the backend rejects, or a
+            # failure before any text, still gets its JSON error and status code.
+            first = await items.get()
+            if isinstance(first, ValueError):
+                raise ApiError(400, str(first)) from first
+            if isinstance(first, BaseException):
+                raise ApiError(500, f"generation failed: {type(first).__name__}: {first}", "server_error") from first
+            if isinstance(first, StreamEnd):
+                raise ApiError(500, "the backend streamed no answer", "server_error")
+            if first.finish_reason == "error":
+                raise ApiError(502, f"the backend failed to answer: {first.error or 'unknown error'}", "server_error")
+        except BaseException:
+            cancel.set()
+            raise
+
+        async def events():
+            try:
+                async for text in sse_events(kind, model_name, len(prompts) * params.n, params.n, include_usage,
+                                             first, items.get):
+                    yield text
+            finally:  # also when the client went away (the task is cancelled): stop the generation
+                cancel.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     @app.get("/v1/models")
     async def list_models() -> dict:
         return {"object": "list",
                 "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "alignkit"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest) -> dict:
+    async def chat_completions(request: ChatCompletionRequest):
         check_model(request.model)
         params = request.sampling_params(default_max_tokens)
         check_size(params, 1, "max_completion_tokens" if request.max_completion_tokens else "max_tokens")
+        if request.stream:
+            return await stream("chat", [request.conversation()], params, request.include_usage())
         (samples,) = await generate("chat", [request.conversation()], params)
         return chat_response(model_name, samples, params.logprobs)
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> dict:
+    async def completions(request: CompletionRequest):
         check_model(request.model)
         params = request.sampling_params(default_max_tokens)
         check_size(params, len(request.prompts()), "max_tokens")
+        if request.stream:
+            return await stream("complete", request.prompts(), params, request.include_usage())
         per_prompt = await generate("complete", request.prompts(), params)
         return completion_response(model_name, per_prompt, params.logprobs)
 

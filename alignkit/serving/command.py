@@ -1,4 +1,9 @@
-"""`alignkit serve` as a function: check the exposure, key and limits, load a local model, serve it."""
+"""`alignkit serve` as a function: check the exposure, key and limits, load the model, serve it.
+
+The model is a local one (embedded, a folder, a .gguf file or a hub id, run by transformers in this
+process) or `vllm:<model>` (the same specs, run by vLLM's engine in this process; needs vLLM and a
+GPU). Both stream token by token.
+"""
 from __future__ import annotations
 
 from alignkit.generation.specs import BackendOptions
@@ -9,7 +14,7 @@ def serve_model(model: str = "embedded", *, host: str = "127.0.0.1", port: int =
                 options: BackendOptions = BackendOptions(), default_max_tokens: int = 512,
                 api_key_env: str = "ALIGNKIT_API_KEY", insecure_no_api_key: bool = False,
                 max_completions_per_request: int = 64, max_tokens_cap: int = 4096) -> None:
-    """Serve a local model as an OpenAI-compatible API until interrupted (clients use `name` as the model).
+    """Serve a model as an OpenAI-compatible API until interrupted (clients use `name` as the model).
 
     The key (read from the environment variable `api_key_env`), the exposure rule and the request
     limits are checked before the model loads, which can take minutes."""
@@ -18,8 +23,9 @@ def serve_model(model: str = "embedded", *, host: str = "127.0.0.1", port: int =
     api_key = api_key_from_env(api_key_env)
     check_exposure(host, api_key, insecure_no_api_key)
     check_request_limits(default_max_tokens, max_completions_per_request, max_tokens_cap)
-    if model.startswith(("openai:", "vllm:")):
-        raise ValueError(f"serve takes a local model (embedded, a folder, a .gguf file or a hub id), got {model!r}")
+    if model.startswith("openai:"):
+        raise ValueError(f"serve takes a local model (embedded, a folder, a .gguf file or a hub id) or "
+                         f"vllm:<model>, got {model!r}")
     backend = build_backend(model, options)
     served_name = name or model
     print(f"serving {backend.model_id} as {served_name!r} on http://{host}:{port}/v1", flush=True)

@@ -2,7 +2,8 @@
 
 Unknown fields are rejected rather than ignored: a client that sends `tools` or
 `response_format` must learn that they had no effect. Fields that are accepted only at their
-neutral value (penalties, echo, best_of) say so in the error.
+neutral value (penalties, echo, best_of) say so in the error. `stream` streams text only: with
+logprobs it is refused, and `stream_options` is refused without it, as OpenAI refuses it.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class ChatMessage(_Strict):
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
 class _GenerationRequest(_Strict):
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -40,16 +45,21 @@ class _GenerationRequest(_Strict):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for the provider's abuse monitoring; nothing to do here
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
 
-    @field_validator("stream")
-    @classmethod
-    def _no_streaming(cls, stream: bool) -> bool:
-        if stream:
-            raise ValueError("streaming is not supported; send stream=false")
-        return stream
+    @model_validator(mode="after")
+    def _stream_fields(self) -> "_GenerationRequest":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed with stream=true")
+        if self.stream and self.logprobs is not None and self.logprobs is not False:  # 0 asks for logprobs too
+            raise ValueError("logprobs are not supported with stream=true")
+        return self
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod

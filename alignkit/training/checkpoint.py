@@ -4,6 +4,12 @@ RNG states, and the state of the batch source (the position in the data stream) 
 A checkpoint is written to a temporary folder, flushed to disk and renamed into place, so a crash
 while saving never leaves a folder that looks complete. Reading one checks every file before any is
 applied, so a damaged checkpoint is skipped (or reported) without touching the model.
+
+Under FSDP (train.parallel=fsdp) a checkpoint holds the same files: the full tensors, gathered to rank 0
+before it writes (training/fsdp.py), not one shard per process. Gathering costs a full copy on rank 0's
+CPU at every save; in return the layout, the damage checks and the names stay those of every other run,
+and a checkpoint resumes with another process count or parallel mode. Loading under FSDP gives each
+process the full tensors and it keeps its own shard.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from alignkit.atomic_write import atomic_dir, remove_leftovers
 from alignkit.config import ConfigError
+from alignkit.training.fsdp import copy_full_, load_full_optimizer_state
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # What reading a cut-short, garbled or missing file raises (torch reports a broken archive as RuntimeError).
@@ -63,14 +70,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(root: str, step: int, *, weights: dict[str, torch.Tensor], optimizer, scheduler, state: dict,
-                    loop_state: dict, keep: int) -> Path:
-    """`weights` are the trained tensors by parameter name (fp32 masters under bf16 training); `state` goes
-    to state.json, `loop_state` (the source's and objective's states) to loop_state.pt."""
+def save_checkpoint(root: str, step: int, *, weights: dict[str, torch.Tensor], optimizer_state: dict, scheduler,
+                    state: dict, loop_state: dict, keep: int) -> Path:
+    """`weights` are the trained tensors by parameter name (fp32 masters under bf16 training) and
+    `optimizer_state` the optimizer's state_dict, both whole (gathered from the shards under FSDP); `state`
+    goes to state.json, `loop_state` (the source's and objective's states) to loop_state.pt."""
     final = Path(root) / "checkpoints" / f"step-{step:07d}"
     with atomic_dir(final) as tmp:
         save_file({n: t.detach().contiguous().clone() for n, t in weights.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         torch.save(loop_state, tmp / LOOP_STATE)
@@ -132,7 +140,8 @@ def read_checkpoint(path: str | Path) -> SavedCheckpoint:
 def load_checkpoint(saved: SavedCheckpoint, *, weights: dict[str, torch.Tensor], optimizer, scheduler) -> dict:
     """Apply a checkpoint from read_checkpoint: its tensors into `weights` (same names as at save time), then
     optimizer, scheduler and RNG states. Returns the saved state (step, tokens); the source's and objective's
-    states, in `saved.loop_state`, are the caller's to apply."""
+    states, in `saved.loop_state`, are the caller's to apply. Sharded (FSDP) weights and optimizer state take
+    this process's shard of the saved full tensors."""
     missing = [n for n in weights if n not in saved.weights]
     unknown = [n for n in saved.weights if n not in weights]
     reshaped = [n for n in weights if n in saved.weights and saved.weights[n].shape != weights[n].shape]
@@ -140,11 +149,10 @@ def load_checkpoint(saved: SavedCheckpoint, *, weights: dict[str, torch.Tensor],
         raise ConfigError(f"checkpoint {saved.path} is from another model (missing {missing[:3]}, unknown "
                           f"{unknown[:3]}, other shape {reshaped[:3]}): use another train.output_dir, "
                           "or train.if_exists=overwrite")
-    optimizer.load_state_dict(saved.optimizer)
+    load_full_optimizer_state(optimizer, saved.optimizer)
     scheduler.load_state_dict(saved.scheduler)
-    with torch.no_grad():
-        for name, tensor in saved.weights.items():
-            weights[name].copy_(tensor)
+    for name, tensor in saved.weights.items():
+        copy_full_(weights[name], tensor)
     set_rng_state(saved.rng)
     return saved.state
 

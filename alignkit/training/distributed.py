@@ -1,5 +1,6 @@
 """The one place that knows about torch.distributed: joining the process group a launcher describes,
-rank and world size, collectives, the DDP wrapper, rank-0-only work, and teardown.
+rank and world size, collectives, the DDP wrapper, rank-0-only work, and teardown. (FSDP's sharding, over
+the same group, is in fsdp.py.)
 
 torchrun and `accelerate launch` start one process per device with RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR and MASTER_PORT set. Every function here is a no-op (or returns the single-process answer)
@@ -8,13 +9,16 @@ when WORLD_SIZE is unset or 1, so the same code serves both kinds of run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import weakref
 from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+_meshes: list[weakref.ref] = []  # device meshes made by device_mesh, whose process group teardown releases
 
 
 class PeerFailed(RuntimeError):
@@ -76,10 +80,41 @@ def all_sum(x: float) -> float:
     return float(t.item())
 
 
+def all_gather_objects(obj: T) -> list[T]:
+    """Every process's `obj` (picklable), in rank order; [obj] outside a process group. Every process must
+    call it, at the same point. For small per-step data (a rollout's rewards, a few samples to log); tensors
+    inside come back on the CPU."""
+    if rank_world()[1] == 1:
+        return [obj]
+    out: list = [None] * rank_world()[1]
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     """Wait until every process gets here. An all-reduce on the CPU rather than dist.barrier, which under
     NCCL needs a device chosen per process."""
     all_sum(0.0)
+
+
+def device_mesh(device_type: str):
+    """A one-dimensional device mesh over every process (FSDP's), for tensors on `device_type`."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device_type, (rank_world()[1],))
+    _meshes.append(weakref.ref(mesh))
+    return mesh
+
+
+@torch.no_grad()
+def broadcast_from_main(tensors) -> None:
+    """Overwrite every tensor in place with rank 0's (each process passes the same tensors in the same order):
+    the start of a run that does not wrap its model in DDP, which would do this itself. Weights one process
+    drew at random (a fresh LoRA adapter, a value head) then start equal everywhere."""
+    if rank_world()[1] == 1:
+        return
+    for tensor in tensors:
+        dist.broadcast(tensor.detach(), src=0)
 
 
 def wrap(model):
@@ -123,7 +158,26 @@ def teardown(*, failed: bool = False) -> None:
         return
     if not failed:
         barrier()
+    _release_meshes()
     dist.destroy_process_group()
+
+
+def _release_meshes() -> None:
+    """Let go of the process group held by the device meshes made here. DTensor caches what it worked out for
+    every operation it ran, meshes included, for the life of the process, and a mesh holds its process group:
+    the group would outlive destroy_process_group, and its gloo threads run on into interpreter exit (see
+    init_from_env). Emptying the meshes' group registry (torch keeps no public handle on it) leaves the
+    group's last reference to destroy_process_group. Modules sharded over a mesh hold the group too; by now
+    they are unreachable, and collecting them (they form reference cycles) drops those references."""
+    if not _meshes:
+        return
+    gc.collect()
+    for ref in _meshes:
+        mesh = ref()
+        registry = getattr(mesh, "_pg_registry", None)
+        if isinstance(registry, dict):
+            registry.clear()
+    _meshes.clear()
 
 
 @contextlib.contextmanager

@@ -25,6 +25,9 @@ log-probs, computed on the same micro-batch: it takes the same layout both times
 "packed": a sequence's packed numbers do not depend on what else shares its row, which the preference
 objectives rely on (reference log-probs cached from other batches equal the policy's at step 0).
 
+Under activation checkpointing (training/memory.py) transformers runs checkpointed layers without a KV cache,
+so the shared_prompt layout refuses to train there and "auto" never picks it.
+
 `use_cache=False` is not optional here: with a KV cache object present, transformers skips the
 detection of packed sequences from position ids and lets tokens attend across sequence
 boundaries, silently.
@@ -126,8 +129,15 @@ def _plan(model, batch: dict, keep: torch.Tensor | None, layout: str):
     if layout == "packed":  # the default of SFT and the preference objectives: nothing to work out
         return layout, None, None, None
     starts, lengths = sequence_bounds(batch["position_ids"][0])
+    checkpointed = activation_checkpointing(model)
+    if layout == "shared_prompt" and checkpointed and model.training:
+        raise ValueError("layout shared_prompt cannot train under activation checkpointing "
+                         "(train.activation_checkpointing): transformers drops the prompts' KV cache in "
+                         "checkpointed layers; use layout packed or padded")
     prompts = None
-    if layout in ("auto", "shared_prompt") and _shares_prompts(model):
+    # "auto" leaves shared prompts out whenever checkpointing is on, in eval mode too: RL's old log-probs (eval)
+    # and new ones (training) must come from the same layout to be the same numbers.
+    if (layout == "shared_prompt" or (layout == "auto" and not checkpointed)) and _shares_prompts(model):
         prompts = _prompts(batch["input_ids"][0], starts, lengths, keep)
     if layout == "auto":
         layout = cheaper_layout(model, lengths, *((prompts[0], len(prompts[2])) if prompts else ()))
@@ -135,6 +145,11 @@ def _plan(model, batch: dict, keep: torch.Tensor | None, layout: str):
         raise ValueError("layout shared_prompt needs kept positions after a prompt in every sequence "
                          "(and a model that takes a prompt cache)")
     return layout, starts, lengths, prompts
+
+
+def activation_checkpointing(model) -> bool:
+    """Whether transformers' activation checkpointing is switched on anywhere in `model` (training/memory.py)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def choose_layout(model, batch: dict, keep: torch.Tensor | None = None) -> str:

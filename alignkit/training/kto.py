@@ -22,11 +22,12 @@ class KTOObjective:
     `undesirable_reward` summed over their own examples: divide by `desirable` / `undesirable`
     (their shares) for each group's mean implicit reward."""
 
-    def __init__(self, cfg: PrefLossConfig, live: LiveReference | None = None):
+    def __init__(self, cfg: PrefLossConfig, live: LiveReference | None = None, *, loss_chunk_size: int = 0):
         cfg.check()
         if cfg.loss != "kto":
             raise ValueError(f"KTOObjective needs loss=kto, not {cfg.loss!r}")
         self.cfg, self.live = cfg, live
+        self.loss_chunk_size = loss_chunk_size  # train.loss_chunk_size (reference.sequence_logps's chunk)
 
     def collate(self, examples: list[PrefExample]) -> dict:
         if any(len(ex.sequences) != 2 or ex.desirable is None for ex in examples):
@@ -41,9 +42,9 @@ class KTOObjective:
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        logps, _ = sequence_logps(model, batch)
+        logps, _ = sequence_logps(model, batch, chunk=self.loss_chunk_size)
         with torch.no_grad():
-            kl_logps, _ = sequence_logps(model, batch["kl"])
+            kl_logps, _ = sequence_logps(model, batch["kl"], chunk=self.loss_chunk_size)
         device = logps.device
         ref = batch_reference(batch, model, self.live, device)
         kl_ref = batch_reference(batch["kl"], model, self.live, device)

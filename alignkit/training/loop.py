@@ -7,6 +7,9 @@ over its units (target tokens for SFT, pairs for DPO) plus summed metrics. The l
 micro-batches of one optimizer step from the source, counts their units (across processes too), and
 divides every micro-batch loss by that total, so gradient accumulation and data parallelism equal one
 big batch exactly.
+
+With several processes the model is replicated (DDP, train.parallel=ddp) or sharded (FSDP2,
+train.parallel=fsdp: fsdp.py); either way the numbers are those of one process taking the whole batch.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from alignkit.training.checkpoint import (SavedCheckpoint, load_checkpoint, read
                                           remove_partial_checkpoints, save_checkpoint)
 from alignkit.training.config import TrainConfig
 from alignkit.training.distributed import all_sum, on_main, rank_world, wrap
+from alignkit.training.fsdp import Sharded, full_value, gather_full, gather_optimizer_state, is_sharded, shard
 from alignkit.training.memory import release_freed_tensors
 from alignkit.training.precision import MasterWeights, model_device, resolve_precision
 from alignkit.training.schedule import make_scheduler
@@ -96,12 +100,22 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
 
     precision = resolve_precision(cfg.precision, model_device(model))
-    masters = MasterWeights(model, hook_grads=world == 1) if precision == "bf16" else None
-    named = {id(p): n for n, p in model.named_parameters()}
-    if masters is not None:
+    named_params = list(model.named_parameters())
+    sharded = None
+    if world > 1 and cfg.parallel == "fsdp":
+        # Before sharding: the twin FSDP trains is a copy of the module tree as it is now.
+        _activation_checkpointing(model, cfg)
+        sharded = shard(model, mixed_precision=precision == "bf16",
+                        reshard_after_forward=cfg.fsdp_reshard_after_forward)
+    # Under bf16 FSDP keeps fp32 shards and computes in bf16 itself (fsdp.py), in place of the master copies.
+    masters = MasterWeights(model, hook_grads=world == 1) if precision == "bf16" and sharded is None else None
+    if sharded is not None:
+        weights = {n: sharded.counterpart(p) for n, p in named_params if p.requires_grad}
+    elif masters is not None:
+        named = {id(p): n for n, p in named_params}
         weights = {named[id(p)]: m for p, m in masters.pairs}
     else:
-        weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        weights = {n: p for n, p in named_params if p.requires_grad}
     if not weights:
         raise ValueError("the model has no trainable parameters")
     params = list(weights.values())
@@ -124,11 +138,12 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
             masters.push()
         step, tokens_done = state["step"], state["tokens"]
 
-    if cfg.activation_checkpointing:
-        from alignkit.training.memory import enable_activation_checkpointing
-
-        enable_activation_checkpointing(model)
-    train_model = wrap(model)
+    if sharded is None:
+        _activation_checkpointing(model, cfg)
+    # What runs: the sharded twin under FSDP (the caller's model gets its weights back at the end), else the
+    # model itself, wrapped in DDP with several processes.
+    net = sharded.module if sharded is not None else model
+    train_model = sharded.module if sharded is not None else wrap(model)
 
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, config_dict, enabled=rank == 0, start_step=step)
     result = TrainResult(steps=step, tokens=tokens_done)
@@ -136,22 +151,27 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
                desc="train", unit="step", dynamic_ncols=True)
     start_time = time.perf_counter()
     window_tokens, window_start = 0, time.perf_counter()
-    model.train()
+    net.train()
+    finished = False
     try:
         while step < total_steps:
-            micro = source.next_step(step, model)
+            micro = _next_micro_batches(source, step, net, sharded)
             if not micro:
                 raise ValueError(f"the batch source gave no micro-batches for step {step + 1}")
-            model.train()  # a source that generates may have switched it to eval mode
+            net.train()  # a source that generates may have switched it to eval mode
             units = all_sum(sum(b["num_units"] for b in micro))
             sums: dict[str, float] = {}
             step_tokens = 0
             for k, batch in enumerate(micro):
                 sync_now = k == len(micro) - 1 or world == 1
-                ctx = train_model.no_sync() if not sync_now else nullcontext()
+                if sharded is not None:
+                    sharded.sync_gradients(sync_now)
+                    ctx = nullcontext()
+                else:
+                    ctx = train_model.no_sync() if not sync_now else nullcontext()
                 with ctx:
                     loss_sum, metrics = objective.loss(train_model, batch)
-                # DDP averages gradients over processes; scaling by world undoes that so the
+                # DDP and FSDP average gradients over processes; scaling by world undoes that so the
                 # result is sum / global units.
                 (loss_sum * world / max(units, 1)).backward()
                 for key, value in {"loss": float(loss_sum.detach()), **metrics}.items():
@@ -159,8 +179,7 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
                 step_tokens += int(batch["num_tokens"])
             if masters is not None:
                 masters.collect_grads()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0
-                         else torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            grad_norm = _clip_gradients(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             if masters is not None:
@@ -192,22 +211,66 @@ def train(model, objective: Objective, train_examples: Sequence | None = None, c
                 ev["step"] = step
                 result.eval_history.append(ev)
                 logger.log(ev)
-                model.train()
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and rank == 0:
-                save_checkpoint(cfg.output_dir, step, weights=weights, optimizer=optimizer, scheduler=scheduler,
-                                state={"tokens": tokens_done}, loop_state=_loop_state(source, objective),
-                                keep=cfg.save_total_limit)
+                net.train()
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                _save(cfg, step, weights, optimizer, scheduler, {"tokens": tokens_done},
+                      _loop_state(source, objective) if rank == 0 else None, sharded is not None)
             if on_step:
                 on_step(step, record)
+        finished = True
     finally:
         bar.close()
         logger.close()
         if masters is not None:
             masters.restore_fp32()
+        if sharded is not None and finished:
+            # A collective: after a failure the other processes may never get here, so the caller's
+            # model is left without weights then (the run stops with the error anyway).
+            sharded.give_back()
     model.eval()
     result.steps, result.tokens = step, tokens_done
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+def _activation_checkpointing(model, cfg: TrainConfig) -> None:
+    if cfg.activation_checkpointing:
+        from alignkit.training.memory import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
+
+
+def _next_micro_batches(source: BatchSource, step: int, model, sharded: Sharded | None) -> list[dict]:
+    """The source's micro-batches for `step`. Under FSDP a source other than fixed examples may generate with
+    the model, running as many forwards as its own samples need: the weights are gathered whole for it."""
+    if sharded is None or isinstance(source, ExampleSource):
+        return source.next_step(step, model)
+    with sharded.gathered():
+        return source.next_step(step, model)
+
+
+def _clip_gradients(params: list, max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` (0: no clipping) and return the norm of all gradients before clipping. Over FSDP's
+    sharded gradients the norm is that of the whole model, the same on every process."""
+    if max_norm > 0:
+        return full_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    if any(is_sharded(g) for g in grads):
+        return full_value(torch.nn.utils.get_total_norm(grads))
+    return torch.norm(torch.stack([g.norm() for g in grads]))
+
+
+def _save(cfg: TrainConfig, step: int, weights: dict, optimizer, scheduler, state: dict, loop_state: dict | None,
+          sharded: bool) -> None:
+    """A checkpoint, written by rank 0. Under FSDP every process first takes part in gathering the full
+    weights and optimizer state to rank 0."""
+    if sharded:
+        weights, optimizer_state = gather_full(weights), gather_optimizer_state(optimizer)
+    else:
+        optimizer_state = optimizer.state_dict() if rank_world()[0] == 0 else None
+    if rank_world()[0] == 0:
+        save_checkpoint(cfg.output_dir, step, weights=weights, optimizer_state=optimizer_state, scheduler=scheduler,
+                        state=state, loop_state=loop_state, keep=cfg.save_total_limit)
 
 
 @torch.no_grad()
@@ -217,9 +280,16 @@ def evaluate(model, objective: Objective, examples: Sequence, cfg: TrainConfig) 
     sums: dict[str, float] = {}
     units = 0.0
     rank, world = rank_world()
-    for start in range(rank * cfg.batch_size, len(examples), cfg.batch_size * world):
-        batch = objective.collate(examples[start:start + cfg.batch_size])
+    size = cfg.batch_size
+    # Every process runs the same number of forwards (under FSDP each one is collective): one whose share of
+    # the examples ran out runs the first batch again and drops its numbers.
+    rounds = math.ceil(len(examples) / (size * world))
+    for r in range(rounds):
+        start = (r * world + rank) * size
+        batch = objective.collate(examples[start:start + size] if start < len(examples) else examples[:size])
         loss_sum, metrics = objective.loss(model, batch)
+        if start >= len(examples):
+            continue
         units += batch["num_units"]
         for key, value in {"loss": float(loss_sum), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + float(value)

@@ -6,6 +6,8 @@ updates fp32 master copies: small updates are not lost to bf16 rounding. Gradien
 into fp32 as soon as each one is produced, so no full set of bf16 gradients stays alive, and
 they are freed after every step.
 Frozen weights (a LoRA base) keep their fp32 originals aside and get them back at the end.
+Under FSDP (train.parallel=fsdp) MasterWeights is not used: the fp32 shards are the masters and FSDP's
+mixed-precision policy gathers them as bf16 (training/fsdp.py).
 """
 from __future__ import annotations
 

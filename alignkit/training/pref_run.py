@@ -128,18 +128,19 @@ def load_control_data(cfg: PrefConfig, tokenizer, *, seed: int) -> tuple[list, l
                                                       noun="conversations")
 
 
-def make_objective(cfg: PrefLossConfig, live: LiveReference | None = None):
+def make_objective(cfg: PrefLossConfig, live: LiveReference | None = None, *, loss_chunk_size: int = 0):
+    """The objective of `cfg.loss`; `loss_chunk_size` is train.loss_chunk_size (0: all logits at once)."""
     if cfg.loss in PAIR_LOSSES:
-        return PairwiseObjective(cfg, live)
+        return PairwiseObjective(cfg, live, loss_chunk_size=loss_chunk_size)
     if cfg.loss in RANKING_LOSSES:
-        return RankingObjective(cfg)
+        return RankingObjective(cfg, loss_chunk_size=loss_chunk_size)
     if cfg.loss == "kto":
         from alignkit.training.kto import KTOObjective
 
-        return KTOObjective(cfg, live)
+        return KTOObjective(cfg, live, loss_chunk_size=loss_chunk_size)
     from alignkit.training.sft import SFTObjective
 
-    return SFTObjective()
+    return SFTObjective(loss_chunk_size)
 
 
 def prepare_reference(cfg: PrefConfig, model, tokenizer, train_examples: list[PrefExample],
@@ -152,7 +153,7 @@ def prepare_reference(cfg: PrefConfig, model, tokenizer, train_examples: list[Pr
         return None
     reference = model if reference_model is None else reference_model
     if cfg.reference == "live":
-        return LiveReference(reference, cfg.train.precision)
+        return LiveReference(reference, cfg.train.precision, chunk=cfg.train.loss_chunk_size)
     train_cfg = cfg.train
     examples = list(train_examples) + list(eval_examples)
     needed = None
@@ -185,14 +186,15 @@ def run_pref(cfg: PrefConfig, *, model=None, tokenizer=None, on_step=None, refer
 
     ctx = prepare_run(cfg, partial(load_run_data, cfg), tokenizer=tokenizer)
     if model is None:
-        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype, quantization=cfg.model.quantization_settings())
     # An adapter from an earlier stage is folded in: it is part of the starting (and reference) model.
     model = merge_lora(model)
     if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
+        model = apply_lora(model, cfg.model.lora, seed=cfg.train.seed)
     live = None if cfg.loss == "control" else prepare_reference(cfg, model, ctx.tokenizer, ctx.train_examples,
                                                                   ctx.eval_examples, reference_model)
-    result = train(model, make_objective(cfg, live), ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
+    objective = make_objective(cfg, live, loss_chunk_size=cfg.train.loss_chunk_size)
+    result = train(model, objective, ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
     finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
     return result

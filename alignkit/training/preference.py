@@ -115,11 +115,12 @@ class PairwiseObjective:
     accuracy (the loss's implicit rewards), and the policy's summed log-probs of both responses.
     """
 
-    def __init__(self, cfg: PrefLossConfig, live: LiveReference | None = None):
+    def __init__(self, cfg: PrefLossConfig, live: LiveReference | None = None, *, loss_chunk_size: int = 0):
         cfg.check()
         if cfg.loss not in PAIR_LOSSES:
             raise ValueError(f"PairwiseObjective handles {', '.join(PAIR_LOSSES)}, not {cfg.loss!r}")
         self.cfg, self.live = cfg, live
+        self.loss_chunk_size = loss_chunk_size  # train.loss_chunk_size (reference.sequence_logps's chunk)
 
     def collate(self, examples: list[PrefExample]) -> dict:
         if any(len(ex.sequences) != 2 for ex in examples):
@@ -127,7 +128,7 @@ class PairwiseObjective:
         return collate_examples(examples)
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, counts = sequence_logps(model, batch)
+        logps, counts = sequence_logps(model, batch, chunk=self.loss_chunk_size)
         pc, pr, lc, lr = logps[0::2], logps[1::2], counts[0::2], counts[1::2]
         cfg = self.cfg
         if cfg.needs_reference:
@@ -157,11 +158,12 @@ class RankingObjective:
     pairs whose length-normalised log-probs are already in order).
     """
 
-    def __init__(self, cfg: PrefLossConfig):
+    def __init__(self, cfg: PrefLossConfig, *, loss_chunk_size: int = 0):
         cfg.check()
         if cfg.loss not in RANKING_LOSSES:
             raise ValueError(f"RankingObjective handles {', '.join(RANKING_LOSSES)}, not {cfg.loss!r}")
         self.cfg = cfg
+        self.loss_chunk_size = loss_chunk_size  # train.loss_chunk_size (reference.sequence_logps's chunk)
         default_weight = 1.0 if cfg.loss == "rrhf" else 0.0
         self.sft_weight = cfg.sft_weight if cfg.sft_weight is not None else default_weight
 
@@ -169,7 +171,7 @@ class RankingObjective:
         return collate_examples(examples)
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logps, counts = sequence_logps(model, batch)
+        logps, counts = sequence_logps(model, batch, chunk=self.loss_chunk_size)
         rows, width = len(batch["counts"]), max(batch["counts"])
         # Scatter the flat per-sequence values into [rankings, N], padding after each row's responses.
         row_index = torch.repeat_interleave(torch.arange(rows), torch.tensor(batch["counts"]))

@@ -31,7 +31,7 @@ from alignkit.atomic_write import atomic_file
 from alignkit.data.chat import TokenSeq
 from alignkit.data.packing import pack, target_positions
 from alignkit.models.lora import is_peft
-from alignkit.training.chunked_logprobs import target_logprobs
+from alignkit.training.chunked_logprobs import chunked_scores, target_logprobs
 from alignkit.training.forward import packed_logits
 from alignkit.training.losses import token_logprobs
 from alignkit.training.precision import model_device, resolve_precision
@@ -52,12 +52,17 @@ def pack_sequences(sequences: Sequence[TokenSeq]) -> dict:
     return batch
 
 
-def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed completion log-probs [S], completion token counts [S]) for the S packed sequences."""
+def sequence_logps(model, batch: dict, *, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs [S], completion token counts [S]) for the S packed sequences; `chunk` > 0
+    computes the logits that many positions at a time (training/chunked_logprobs.py, where the model allows)."""
     keep = target_positions(batch["targets"])
-    logits = packed_logits(model, batch, keep)
-    token_lp = token_logprobs(logits, batch["targets"][0, keep].to(logits.device))
-    segments = batch["segment_ids"].to(logits.device)[keep.to(logits.device)]
+    scores = chunked_scores(model, batch, keep, batch["targets"][0, keep], chunk=chunk) if chunk else None
+    if scores is not None:
+        token_lp = scores.logprobs
+    else:
+        logits = packed_logits(model, batch, keep)
+        token_lp = token_logprobs(logits, batch["targets"][0, keep].to(logits.device))
+    segments = batch["segment_ids"].to(token_lp.device)[keep.to(token_lp.device)]
     count = len(batch["seq_lens"])
     sums = torch.zeros(count, dtype=token_lp.dtype, device=token_lp.device).index_add(0, segments, token_lp)
     return sums, torch.bincount(segments, minlength=count)
@@ -253,9 +258,10 @@ class LiveReference:
     copy taken now, before training changes the policy, in the precision the loop computes in.
     """
 
-    def __init__(self, model, precision: str = "fp32"):
+    def __init__(self, model, precision: str = "fp32", *, chunk: int = 0):
         import copy
 
+        self.chunk = chunk  # train.loss_chunk_size: logits this many positions at a time (0: all at once)
         inner = unwrap(model)
         self.copy = None
         if not is_peft(inner):
@@ -269,4 +275,4 @@ class LiveReference:
     def logps(self, policy, batch: dict) -> torch.Tensor:
         target = self.copy if self.copy is not None else policy
         with reference_mode(target):
-            return sequence_logps(target, batch)[0]
+            return sequence_logps(target, batch, chunk=self.chunk)[0]

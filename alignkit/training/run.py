@@ -16,6 +16,7 @@ from alignkit.atomic_write import atomic_dir, remove_leftovers, write_json_atomi
 from alignkit.config import ConfigError, save_config, validate_config
 from alignkit.training.checkpoint import list_checkpoints
 from alignkit.training.distributed import is_main, on_main
+from alignkit.training.fsdp import check_supported
 from alignkit.training.loop import TrainResult
 from alignkit.training.tracking import check_report_to
 
@@ -43,6 +44,7 @@ def prepare_run(cfg, load_data: Callable[[Any], tuple[list, list, dict]], *, tok
     from alignkit.models.loading import load_tokenizer, use_chat_template
 
     validate_config(cfg)  # configs built in Python never went through load_config
+    check_supported(cfg)  # train.parallel=fsdp against the model section, before the model loads
     on_main(lambda: _prepare_folder(cfg))
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)

@@ -17,6 +17,7 @@ from alignkit.data.packing import pack, target_positions
 from alignkit.data.readers import DataSpec
 from alignkit.data.sft import SFTExample, build_sft_examples
 from alignkit.models.config import ModelConfig
+from alignkit.training.chunked_logprobs import chunked_scores
 from alignkit.training.config import TrainConfig
 from alignkit.training.forward import packed_logits
 from alignkit.training.losses import token_nll_sum
@@ -62,7 +63,11 @@ class SFTConfig:
 
 
 class SFTObjective:
-    """Next-token NLL on target tokens; logits are computed only at positions with a target."""
+    """Next-token NLL on target tokens; logits are computed only at positions with a target, all at once or
+    (`loss_chunk_size` N > 0, train.loss_chunk_size) N positions at a time (training/chunked_logprobs.py)."""
+
+    def __init__(self, loss_chunk_size: int = 0):
+        self.loss_chunk_size = loss_chunk_size
 
     def collate(self, examples: Sequence[SFTExample]) -> dict:
         batch = pack([(e.input_ids, e.labels) for e in examples])
@@ -71,8 +76,12 @@ class SFTObjective:
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         keep = target_positions(batch["targets"])
-        loss = token_nll_sum(packed_logits(model, batch, keep), batch["targets"][0, keep])
-        return loss, {}
+        targets = batch["targets"][0, keep]
+        if self.loss_chunk_size:
+            scores = chunked_scores(model, batch, keep, targets, chunk=self.loss_chunk_size)
+            if scores is not None:  # None: a model whose head cannot be split takes the plain path
+                return -scores.logprobs.sum(), {}
+        return token_nll_sum(packed_logits(model, batch, keep), targets), {}
 
 
 def load_sft_data(cfg: SFTDataConfig, tokenizer, *, seed: int):
@@ -100,10 +109,11 @@ def run_sft(cfg: SFTConfig, *, model=None, tokenizer=None, on_step=None) -> Trai
 
     ctx = prepare_run(cfg, partial(load_sft_data, cfg.data, seed=cfg.train.seed), tokenizer=tokenizer)
     if model is None:
-        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype)
+        model, _ = load_model(cfg.model.name, dtype=cfg.model.dtype, quantization=cfg.model.quantization_settings())
     if cfg.model.lora.enabled:
-        model = apply_lora(model, cfg.model.lora)
-    result = train(model, SFTObjective(), ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
+        model = apply_lora(model, cfg.model.lora, seed=cfg.train.seed)
+    objective = SFTObjective(cfg.train.loss_chunk_size)
+    result = train(model, objective, ctx.train_examples, cfg.train, eval_examples=ctx.eval_examples,
                    config_dict=to_dict(cfg), on_step=on_step)
     finish_run(ctx, result, partial(save_lm, model, ctx.tokenizer, lora=cfg.model.lora.enabled, merge=cfg.merge_lora))
     return result

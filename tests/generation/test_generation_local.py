@@ -7,16 +7,8 @@ import torch
 from alignkit.generation.backend import SamplingParams
 from alignkit.generation.local import LocalBackend, generate_texts
 from alignkit.models.tiny import tiny_model, tiny_tokenizer
-from tests.helpers.generation import CONVERSATIONS, FakeVLLM, chat_ids, decode, reference_greedy, sharp_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls gain nothing from a second thread, and on a shared CPU its spinning costs 100x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.helpers.generation import (CONVERSATIONS, FakeVLLM, chat_ids, decode, one_thread,  # noqa: F401 (fixture)
+                                      reference_greedy, sharp_model)
 
 
 @pytest.fixture(scope="module")

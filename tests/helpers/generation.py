@@ -1,5 +1,6 @@
 """A tiny model that decodes differently per prompt, an independent greedy decoder to check generation
 against, and a stand-in for the vllm module."""
+import pytest
 import torch
 
 from alignkit.models.tiny import tiny_model
@@ -159,3 +160,13 @@ class FakeVLLM:
             self.events.append(("generate", [(p["prompt_token_ids"], f) for p, f in zip(prompts, per_request)]))
             self.generated_with.append({k: v.clone() for k, v in self.weights.items()})
             return [self._sampled(p["prompt_token_ids"], f) for p, f in zip(prompts, per_request, strict=True)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and on a shared CPU its spinning costs 100x. A module
+    that imports this fixture runs its tests on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

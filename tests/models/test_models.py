@@ -85,3 +85,21 @@ def test_lora_merge_save_and_adapter_reload(tmp_path, tiny_tok):
 def test_tokenizer_only_load(saved_tiny):
     tok = load_tokenizer(str(saved_tiny[0]))
     assert tok("hello").input_ids == saved_tiny[2]("hello").input_ids
+
+
+def test_lora_adapters_with_a_seed_depend_on_it_alone_and_leave_the_global_generator():
+    import copy
+
+    base = tiny_model(tiny_tokenizer())
+    adapters = []
+    for draw in (1, 5):
+        torch.manual_seed(123)
+        torch.rand(draw)  # the global generator at a different place each time
+        before = torch.get_rng_state()
+        model = apply_lora(copy.deepcopy(base), LoraConfig(enabled=True, r=4), seed=7)
+        assert torch.equal(torch.get_rng_state(), before)
+        adapters.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
+    assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    assert all(torch.equal(adapters[0][n], adapters[1][n]) for n in adapters[0])
+    other = apply_lora(copy.deepcopy(base), LoraConfig(enabled=True, r=4), seed=8)
+    assert any(not torch.equal(p, adapters[0][n]) for n, p in other.named_parameters() if "lora_A" in n)

@@ -142,7 +142,8 @@ def test_completions_with_prompt_list_and_n(served):
 @pytest.mark.parametrize("body, field", [
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ({"messages": []}, "messages"),
-    ({"messages": HELLO, "stream": True}, "stream"),
+    ({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options is only allowed with stream"),
+    ({"messages": HELLO, "stream": True, "logprobs": True}, "logprobs are not supported with stream"),
     ({"messages": HELLO, "tools": []}, "tools"),
     ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages.0.name"),
     ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs requires logprobs"),

@@ -94,6 +94,7 @@ class AdaptiveSFT(SFTObjective):
     below it, as an adaptive KL coefficient does."""
 
     def __init__(self, target: float):
+        super().__init__()
         self.target, self.coefficient = target, 1.0
 
     def loss(self, model, batch):
